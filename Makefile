@@ -2,10 +2,9 @@
 PYTHON ?= /usr/bin/python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := python3 python3-venv python3-dev build-essential git
+APT_PACKAGES := python3 python3-venv python3-dev build-essential git postgresql-15
 DAY    ?= 2016-08-01
 SCALE  ?= 0.001
-OUT    ?= var/sim
 
 .PHONY: up test deps venv lint unit bench clean
 
@@ -27,7 +26,8 @@ venv: $(BIN)/soc
 
 # Provision the one-machine topology (as far as it exists) and run the main job on it.
 up: venv
-	$(BIN)/soc simulate --start $(DAY) --days 1 --scale $(SCALE) --seed 1 --out $(OUT) --faults all --anomalies all
+	$(BIN)/soc local-db start --dir var/pg
+	SOC_WRITE_DSN="$$($(BIN)/soc local-db dsn --dir var/pg)" $(BIN)/soc run-day --date $(DAY) --scale $(SCALE) --workdir var
 
 lint: venv
 	$(BIN)/ruff check .

@@ -60,6 +60,116 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dsn(args: argparse.Namespace) -> str:
+    import os
+
+    dsn = args.dsn or os.environ.get("SOC_WRITE_DSN")
+    if not dsn:
+        raise ValueError("no database: give --dsn or set SOC_WRITE_DSN")
+    return dsn
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from pipeline.db import migrate
+
+    if args.db_command == "init":
+        done = migrate.init(
+            _dsn(args), {"chunk_seconds": args.chunk_seconds, "healpix_order": args.healpix_order}
+        )
+    else:
+        done = migrate.migrate(_dsn(args))
+    for mg in done:
+        print(f"applied {mg.version:04d}_{mg.name}")
+    print("schema up to date" if not done else f"{len(done)} migration(s) applied")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import time
+
+    import psycopg
+
+    from pipeline.intake import IntakeError, ingest_file, pending_files
+
+    failed = 0
+    with psycopg.connect(_dsn(args), autocommit=True) as conn:
+        while True:
+            files = [Path(f) for f in args.files] if not args.watch else pending_files(Path(args.watch))
+            for path in files:
+                try:
+                    r = ingest_file(conn, path)
+                except IntakeError as exc:
+                    print(f"soc ingest: error: {exc}", file=sys.stderr)
+                    failed += 1
+                    continue
+                if r.outcome == "ingested" or not args.watch:
+                    print(
+                        f"{r.file_name}: {r.outcome}: {r.ingested} ingested, {r.duplicate} duplicate, "
+                        f"{r.quarantined} quarantined"
+                        + ("" if r.size_ok else " (file shorter than its sidecar says)")
+                    )
+            if not args.watch:
+                return 1 if failed else 0
+            time.sleep(args.interval)
+
+
+def _cmd_local_db(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pipeline.db.server import LocalServer
+
+    server = LocalServer(Path(args.dir).resolve())
+    if args.action == "start":
+        server.start()
+        with psycopg.connect(server.dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (args.dbname,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{args.dbname}"')
+        print(server.dsn(args.dbname))
+    elif args.action == "stop":
+        server.stop()
+    else:
+        print(server.dsn(args.dbname))
+    return 0
+
+
+def _cmd_run_day(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pipeline.db import migrate
+    from pipeline.intake import ingest_file, pending_files
+    from pipeline.progress import progress_bar
+    from pipeline.simulate.downlink import FAULT_KINDS
+    from pipeline.simulate.payload import ANOMALY_KINDS
+    from pipeline.simulate.run import SimConfig, simulate
+
+    dsn = _dsn(args)
+    out = Path(args.workdir) / f"sim-{args.date}"
+    migrate.init(dsn) if not _has_schema(dsn) else migrate.migrate(dsn)
+    cfg = SimConfig(start=args.date, days=1.0, scale=args.scale, seed=args.seed, faults=FAULT_KINDS,
+                    anomalies=ANOMALY_KINDS, progress=not args.no_progress)  # fmt: skip
+    summary = simulate(out, cfg)
+    counts = summary["counts"]
+    print(f"simulated {counts['transits']:,} transits in {counts['deliveries']} deliveries")
+    files = pending_files(out / "passes")
+    totals = {"ingested": 0, "duplicate": 0, "quarantined": 0}
+    with psycopg.connect(dsn, autocommit=True) as conn, progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("ingesting", total=len(files))
+        for f in files:
+            r = ingest_file(conn, f)
+            for k in totals:
+                totals[k] += getattr(r, k)
+            bar.update(task, advance=1, description=f"ingesting {f.name}")
+    print(f"ingested {len(files)} files: " + ", ".join(f"{v:,} {k}" for k, v in totals.items()))
+    return 0
+
+
+def _has_schema(dsn: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT to_regclass('soc_settings') IS NOT NULL").fetchone()[0]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.simulate.downlink import FAULT_KINDS
     from pipeline.simulate.payload import ANOMALY_KINDS
@@ -94,6 +204,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--no-report", action="store_true", help="skip overview.png and report.html")
     s.set_defaults(func=_cmd_simulate)
+
+    db = sub.add_parser("db", help="create or upgrade the Main Database schema")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    for name, text in (
+        ("init", "create the schema and fix the settings"),
+        ("migrate", "apply new migrations"),
+    ):
+        d = dbsub.add_parser(name, help=text)
+        d.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+        if name == "init":
+            d.add_argument("--chunk-seconds", type=int, default=1800, help="length of a time-ordered chunk")
+            d.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the partitions")
+    db.set_defaults(func=_cmd_db)
+
+    ing = sub.add_parser("ingest", help="ingest delivered pass files (with their sidecars)")
+    ing.add_argument("files", nargs="*", help="pass files (.tm) to ingest")
+    ing.add_argument(
+        "--watch", metavar="DIR", help="ingest every complete delivery that lands in DIR, forever"
+    )
+    ing.add_argument("--interval", type=float, default=5.0, help="seconds between looks at DIR")
+    ing.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+    ing.set_defaults(func=_cmd_ingest)
+
+    ldb = sub.add_parser("local-db", help="a PostgreSQL 15 server in a directory of its own (one machine)")
+    ldb.add_argument("action", choices=("start", "stop", "dsn"))
+    ldb.add_argument("--dir", default="var/pg", help="the server's directory")
+    ldb.add_argument("--dbname", default="soc")
+    ldb.set_defaults(func=_cmd_local_db)
+
+    day = sub.add_parser("run-day", help="simulate a day of telemetry and run it through the pipeline")
+    day.add_argument("--date", default="2016-08-01")
+    day.add_argument("--scale", type=float, default=0.001)
+    day.add_argument("--seed", type=int, default=1)
+    day.add_argument("--workdir", default="var")
+    day.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+    day.add_argument("--no-progress", action="store_true")
+    day.set_defaults(func=_cmd_run_day)
     return p
 
 

@@ -16,16 +16,15 @@ from pipeline.telemetry.decode import decode_pass
 from pipeline.telemetry.layout import is_star_apid
 from pipeline.telemetry.passfile import read_pass
 
+from .conftest import ALL_ANOMALIES, ALL_FAULTS
+
+# the same configuration as the session fixture faulty_day in conftest.py
 CFG = dict(start="2016-08-01", days=1.0, scale=0.0003, seed=11, progress=False)
-ALL_FAULTS = ("gap", "duplicate", "bitflip", "truncate", "repeat_pass")
-ALL_ANOMALIES = ("temperature_excursion", "focus_drift", "bias_jump")
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory):
-    out = tmp_path_factory.mktemp("faulty")
-    summary = simulate(out, SimConfig(**CFG, faults=ALL_FAULTS, anomalies=ALL_ANOMALIES, downlink_margin=0.6))
-    return out, summary
+def faulty(faulty_day):
+    return faulty_day, json.loads((faulty_day / "summary.json").read_text())
 
 
 def _digest(root: Path) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,6 @@ class SimConfig:
     downlink_margin: float = 1.3
     block_s: float = 3600.0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for f in self.faults:
@@ -287,32 +286,17 @@ class Simulator:
         rng = np.random.default_rng([self.cfg.seed, 0xD0, int(c.aos)])
         d = deliver(rng, sent, self.cfg.faults, truncate)
         data = d.data if d.truncated_at is None else d.data[: d.truncated_at]
-        meta = pass_meta_for(
-            c.station,
-            c.pass_id,
-            iso(c.aos),
-            iso(c.los),
-            iso(c.los + 600.0),
-            d.data,
-            packet_count=len(d.sent_index),
-        )
-        write_pass(self.out / "passes", meta, data)
+        for delivery, delay_s in [(1, 600.0), *([(2, 7200.0)] if repeat else [])]:
+            received = iso(c.los + delay_s)
+            meta = pass_meta_for(
+                c.station, c.pass_id, iso(c.aos), iso(c.los), received, d.data,
+                packet_count=len(d.sent_index), delivery=delivery,
+            )  # fmt: skip
+            write_pass(self.out / "passes", meta, data)
+            self.counts["deliveries"] += 1
         self.counts["passes"] += 1
-        self.counts["deliveries"] += 1
         self.bytes_delivered += len(data)
         if repeat:
-            meta2 = pass_meta_for(
-                c.station,
-                c.pass_id,
-                iso(c.aos),
-                iso(c.los),
-                iso(c.los + 7200.0),
-                d.data,
-                packet_count=len(d.sent_index),
-                delivery=2,
-            )
-            write_pass(self.out / "passes", meta2, data)
-            self.counts["deliveries"] += 1
             d.faults.append(
                 {
                     "kind": "repeat_pass",
@@ -400,7 +384,7 @@ class Simulator:
         self.truth.close()
         summary = {
             "software": f"soc-pipeline {__version__}",
-            "config": {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")},
+            "config": {k: v for k, v in asdict(cfg).items() if k != "progress"},
             "start_utc": iso(self.t_lo),
             "end_utc": iso(self.t_hi),
             "counts": self.counts,
