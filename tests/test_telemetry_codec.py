@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.telemetry import layout as L
+from pipeline.telemetry.batch import PacketBatch
 from pipeline.telemetry.crc import crc16
 from pipeline.telemetry.decode import decode_packet, decode_pass
 from pipeline.telemetry.encode import (
@@ -19,6 +20,7 @@ from pipeline.telemetry.encode import (
     encode_timecorr,
 )
 from pipeline.telemetry.layout import TelemetryError
+from pipeline.telemetry.window_codec import decompress_windows
 
 FINE = 2.0**-24
 
@@ -229,6 +231,47 @@ def test_star_mixed_lengths_and_ratio():
     raw = 2 * 9 * ns[5:].sum()
     compressed = (batch.length[5:] - L.HEADER_LEN - L.STAR_FIXED_LEN - L.CRC_LEN).sum()
     assert raw / compressed > 1.8  # smooth noisy images compress well
+
+
+def test_default_codec_is_zstd():
+    assert L.DEFAULT_CODEC == L.CODEC_ZSTD
+    rng = np.random.default_rng(6)
+    inp = star_inputs(rng, 12, 12)
+    dp = decode_pass(encode_star(**inp).tobytes())  # no codec given
+    assert dp.star["codec"][4] == L.CODEC_RAW  # the incompressible window set falls back
+    assert np.all(dp.star["codec"][5:] == L.CODEC_ZSTD)
+
+
+def test_every_codec_in_one_mixed_pass():
+    """Windows written with codecs 0, 1 and 2, interleaved in one pass, decode to the same samples."""
+    rng = np.random.default_rng(7)
+    n = 60
+    ns = rng.choice([12, 18], n)
+    inp = star_inputs(rng, n, ns)
+    codecs = (L.CODEC_RAW, L.CODEC_ZSTD, L.CODEC_RICE)
+    batch = PacketBatch.concat([encode_star(**inp, codec=c) for c in codecs])
+    order = np.arange(3 * n).reshape(3, n).T.ravel()  # packet i with codec 0, 1, 2, then packet i + 1, ...
+    dp = decode_pass(batch.take(order).tobytes())
+    assert dp.problems == [] and len(dp.star["packet"]) == 3 * n
+    sent = dp.star["codec"].reshape(n, 3)
+    assert np.all(sent[5:] == codecs)  # each packet kept its codec (all but the special windows compress)
+    assert np.all(sent[4] == L.CODEC_RAW)  # incompressible: every codec falls back to raw
+    samples = dp.star["samples"].reshape(n, 3, 9, 18)
+    expected = expected_samples(inp["samples"], ns)
+    for k in range(3):
+        assert np.array_equal(samples[:, k], expected), codecs[k]
+    assert np.array_equal(dp.star["n_samples"].reshape(n, 3), np.repeat(ns[:, None], 3, axis=1))
+
+
+def test_decompress_windows_needs_known_codecs():
+    buf = np.zeros(216, np.uint8)
+    with pytest.raises(ValueError):
+        decompress_windows(buf, [0], [216], [7], [12])
+    with pytest.raises(ValueError):
+        decompress_windows(buf, [0], [216], [L.CODEC_RAW], [13])
+    samples, reasons = decompress_windows(buf, [0, 0], [216, 200], [L.CODEC_RAW] * 2, [12, 12])
+    assert reasons == {1: "raw payload of 200 bytes, expected 216"}
+    assert samples.shape == (2, 9, 18) and not samples.any()
 
 
 def test_star_rejects_bad_inputs():

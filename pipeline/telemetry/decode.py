@@ -16,16 +16,14 @@ from functools import cache
 
 import ccsdspy
 import numpy as np
-import zstandard
 
 from pipeline.telemetry import layout as L
 from pipeline.telemetry.batch import segment_index
 from pipeline.telemetry.crc import crc16, crc16_segments
 from pipeline.telemetry.errors import TelemetryError
+from pipeline.telemetry.window_codec import decompress_windows
 
 PACKET_DTYPE = np.dtype([("offset", "i8"), ("length", "i4"), ("apid", "u2"), ("seq", "u2"), ("obt", "f8")])
-ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", dtype=np.uint8)
-RICE_CHUNK = 8192  # packets per Rice decoding chunk (bounds the memory of the bit arrays)
 
 
 @dataclass(frozen=True)
@@ -57,153 +55,7 @@ class DecodedPass:
         return int(self.packets["length"].sum()) + sum(p.length for p in self.problems)
 
 
-# --- sample codecs: the decoding half --------------------------------------------------------------------
-
-
-def reconstruct(r: np.ndarray, modulo: bool = False) -> np.ndarray:
-    """Windows (m, 9, n) from prediction residuals (inverse of encode.residuals).
-
-    With modulo=True the residuals are known only mod 2**16 (the zstd codec); the result is then exact
-    for samples in 0..65535 because every prediction is computed from already exact samples.
-    """
-    mask = 0xFFFF if modulo else -1
-    x = np.empty_like(r)
-    x[:, 0] = (L.PREDICTOR_ORIGIN + np.cumsum(r[:, 0], axis=1)) & mask
-    running = x[:, 0].copy()
-    for w in range(1, r.shape[1]):
-        x[:, w] = (running // w + r[:, w]) & mask
-        running += x[:, w]
-    return x
-
-
-_RICE_ERRORS = {
-    1: "rice: payload shorter than its parameters declare",
-    2: "rice: unterminated unary section",
-    3: "rice: unary code longer than the escape",
-    4: "rice: escape section runs past the payload",
-    5: "rice: payload longer than its content",
-    6: "rice: nonzero padding",
-    7: "rice: sample out of range",
-}
-
-
-def _read_bits(pb: np.ndarray, pos: np.ndarray, width) -> np.ndarray:
-    """Unsigned fields of `width` (<= 17) bits, MSB first, at bit positions pos of the padded bytes pb."""
-    byte = np.minimum(pos >> 3, pb.size - 3)
-    word = (pb[byte].astype(np.int64) << 16) | (pb[byte + 1].astype(np.int64) << 8) | pb[byte + 2]
-    return (word >> (24 - (pos & 7) - width)) & ((np.int64(1) << width) - 1)
-
-
-def _rice_decode_chunk(pbuf: np.ndarray, plen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    m = plen.size
-    nw = L.N_WINDOWS
-    big_n = nw * n
-    kb = L.RICE_K_BITS
-    eb = L.RICE_ESCAPE_BITS
-    pb = np.concatenate([pbuf, np.zeros(4, np.uint8)])
-    bits = np.unpackbits(pbuf)
-    base = 8 * (np.cumsum(plen) - plen)
-    end = base + 8 * plen
-    err = np.zeros(m, dtype=np.int8)
-
-    def flag(cond, code):
-        err[(err == 0) & cond] = code
-
-    flag(8 * plen < nw * kb + big_n, 1)
-    k = _read_bits(pb, base[:, None] + kb * np.arange(nw), kb)  # (m, 9)
-    start_b = base + nw * kb + n * k.sum(axis=1)
-    flag(start_b + big_n > end, 1)
-    # section A: the k low bits of each value
-    win_off = (base + nw * kb)[:, None] + n * (np.cumsum(k, axis=1) - k)
-    low = _read_bits(pb, win_off[:, :, None] + np.arange(n) * k[:, :, None], k[:, :, None])
-    # section B: the first big_n zeros at or after start_b close the unary codes
-    zero_pos = np.flatnonzero(bits == 0)
-    i0 = np.searchsorted(zero_pos, start_b)
-    idx = i0[:, None] + np.arange(big_n)
-    have = idx[:, -1] < zero_pos.size
-    term = zero_pos[np.minimum(idx, zero_pos.size - 1)] if zero_pos.size else np.zeros_like(idx)
-    flag(~have | (term[:, -1] >= end), 2)
-    u = np.diff(term, axis=1, prepend=(start_b - 1)[:, None]) - 1
-    flag((u > L.RICE_Q_ESCAPE).any(axis=1), 3)
-    esc = u == L.RICE_Q_ESCAPE
-    n_esc = esc.sum(axis=1)
-    start_c = term[:, -1] + 1
-    stop = start_c + eb * n_esc
-    flag(stop > end, 4)
-    flag(end - stop >= 8, 5)
-    flag(_read_bits(pb, stop, np.clip(end - stop, 0, 7)) != 0, 6)
-    # section C: escaped quotients
-    q = u
-    if n_esc.sum():
-        owner = np.repeat(np.arange(m), n_esc)
-        rank = np.arange(owner.size) - np.repeat(np.cumsum(n_esc) - n_esc, n_esc)
-        q[esc] = _read_bits(pb, start_c[owner] + eb * rank, eb)
-    z = (q.reshape(m, nw, n) << k[:, :, None]) | low
-    r = (z >> 1) ^ -(z & 1)
-    x = reconstruct(r)
-    flag(((x < 0) | (x > 65535)).any(axis=(1, 2)), 7)
-    return x, err
-
-
-def rice_decode(pbuf: np.ndarray, plen: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated Rice payloads (lengths plen) of windows of n samples -> (x (m, 9, n), error code)."""
-    m = plen.size
-    x = np.zeros((m, L.N_WINDOWS, n), dtype=np.int64)
-    err = np.zeros(m, dtype=np.int8)
-    starts = np.cumsum(plen) - plen
-    for a in range(0, m, RICE_CHUNK):
-        b = min(a + RICE_CHUNK, m)
-        lo, hi = int(starts[a]), int(starts[b - 1] + plen[b - 1])
-        x[a:b], err[a:b] = _rice_decode_chunk(pbuf[lo:hi], plen[a:b], n)
-    return x, err
-
-
-def zstd_decompress_segments(buf: np.ndarray, starts, lengths, size: int):
-    """Decompress magicless zstd frames buf[starts[i]:+lengths[i]], each to exactly `size` bytes.
-
-    One ZstdDecompressor.multi_decompress_to_buffer call for the lot. That call ignores the magicless
-    format setting, so the 4-byte magic number is put back in front of each frame first. A batch that
-    fails is split in halves until the bad frames are isolated. -> (out (m, size) uint8, ok (m,) bool)
-    """
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    m = starts.size
-    out = np.zeros((m, size), dtype=np.uint8)
-    ok = np.ones(m, dtype=bool)
-    if m == 0:
-        return out, ok
-    flen = lengths + 4
-    fstart = np.cumsum(flen) - flen
-    frames = np.empty(int(flen.sum()), dtype=np.uint8)
-    frames[(fstart[:, None] + np.arange(4)).ravel()] = np.tile(ZSTD_MAGIC, m)
-    frames[segment_index(fstart + 4, lengths)] = buf[segment_index(starts, lengths)]
-    data = frames.tobytes()
-    segs = np.stack([fstart, flen], axis=1).astype(np.uint64)
-    dctx = zstandard.ZstdDecompressor()
-
-    def run(idx: np.ndarray) -> None:
-        try:
-            coll = dctx.multi_decompress_to_buffer(
-                zstandard.BufferWithSegments(data, segs[idx].tobytes()),
-                decompressed_sizes=np.full(idx.size, size, dtype=np.uint64).tobytes(),
-            )
-            out[idx] = np.frombuffer(b"".join(coll), dtype=np.uint8).reshape(idx.size, size)
-        except (zstandard.ZstdError, ValueError):
-            if idx.size == 1:
-                ok[idx] = False
-            else:
-                run(idx[: idx.size // 2])
-                run(idx[idx.size // 2 :])
-
-    run(np.arange(m))
-    return out, ok
-
-
-def _unshuffle_zigzag(rows: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    half = rows.shape[1] // 2
-    z = rows[:, :half].astype(np.int64) | (rows[:, half:].astype(np.int64) << 8)
-    r = (z >> 1) ^ -(z & 1)
-    return (r & 0xFFFF).reshape(shape)
+# --- star packets ----------------------------------------------------------------------------------------
 
 
 def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
@@ -229,33 +81,13 @@ def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
     fail(plen != room, lambda i: f"payload_length {plen[i]}, packet holds {room[i]} bytes")
     fail(~np.isin(codec, list(L.CODEC_NAMES)), lambda i: f"unknown codec {codec[i]}")
     fail(fx["gate"] > L.MAX_GATE, lambda i: f"gate {fx['gate'][i]} above {L.MAX_GATE}")
-    samples = np.zeros((m, L.N_WINDOWS, L.MAX_SAMPLES), dtype=np.uint16)
-    pstart = offsets + L.HEADER_LEN + L.STAR_FIXED_LEN
     good = np.ones(m, dtype=bool)
     good[list(reasons)] = False
-    for nn in L.WINDOW_LENGTHS:
-        raw_size = 2 * L.N_WINDOWS * nn
-        for c in L.CODEC_NAMES:
-            idx = np.flatnonzero(good & (ns == nn) & (codec == c))
-            if idx.size == 0:
-                continue
-            if c == L.CODEC_RAW:
-                bad = plen[idx] != raw_size
-                fail(idx[bad], lambda i, s=raw_size: f"raw payload of {plen[i]} bytes, expected {s}")
-                idx = idx[~bad]
-                rows = arr[pstart[idx][:, None] + np.arange(raw_size)]
-                samples[idx, :, :nn] = rows.view(">u2").reshape(idx.size, L.N_WINDOWS, nn)
-            elif c == L.CODEC_ZSTD:
-                rows, ok = zstd_decompress_segments(arr, pstart[idx], plen[idx], raw_size)
-                fail(idx[~ok], lambda i, s=raw_size: f"zstd payload does not decompress to {s} bytes")
-                r = _unshuffle_zigzag(rows[ok], (int(ok.sum()), L.N_WINDOWS, nn))
-                samples[idx[ok], :, :nn] = reconstruct(r, modulo=True)
-            else:
-                pbuf = arr[segment_index(pstart[idx], plen[idx])]
-                x, err = rice_decode(pbuf, plen[idx], nn)
-                for i_local in np.flatnonzero(err):
-                    fail(idx[i_local : i_local + 1], lambda i, t=_RICE_ERRORS[int(err[i_local])]: t)
-                samples[idx[err == 0], :, :nn] = x[err == 0]
+    idx = np.flatnonzero(good)
+    pstart = offsets[idx] + L.HEADER_LEN + L.STAR_FIXED_LEN
+    samples = np.zeros((m, L.N_WINDOWS, L.MAX_SAMPLES), dtype=np.uint16)
+    samples[idx], bad = decompress_windows(arr, pstart, plen[idx], codec[idx], ns[idx])
+    reasons.update({int(idx[i]): "bad_payload: " + why for i, why in bad.items()})
     mag_class, fov, row = (np.asarray(v) for v in L.parse_star_apid(_apid_at(arr, offsets)))
     fields = {
         "fov": fov.astype(np.int8),
