@@ -39,9 +39,13 @@ unit: venv
 test: lint unit
 
 bench: venv
+	$(MAKE) --no-print-directory deps APT_PACKAGES=postgresql-15-q3c
 	$(BIN)/python bench/bench_telemetry.py
 	$(BIN)/python bench/bench_transits.py
 	$(BIN)/python bench/bench_simulate.py
+	$(BIN)/python bench/bench_image_params.py
+	$(BIN)/python bench/bench_crossmatch.py
+	$(BIN)/python bench/bench_load.py
 
 clean:
 	rm -rf var build dist *.egg-info
