@@ -60,12 +60,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dsn(args: argparse.Namespace) -> str:
-    import os
+def _dsn(args: argparse.Namespace, read: bool = False) -> str:
+    """The primary's DSN (or, for reads, the replica's): --dsn, else the environment, else the file."""
+    from pipeline.config import load
 
-    dsn = args.dsn or os.environ.get("SOC_WRITE_DSN")
+    cfg = load(args.config)
+    dsn = args.dsn or (cfg.reads if read else cfg.write_dsn)
     if not dsn:
-        raise ValueError("no database: give --dsn or set SOC_WRITE_DSN")
+        raise ValueError("no database: give --dsn, set SOC_WRITE_DSN, or name it in the configuration file")
     return dsn
 
 
@@ -89,12 +91,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     import psycopg
 
+    from pipeline.config import load
     from pipeline.intake import IntakeError, ingest_file, pending_files
 
+    watch = Path(args.watch) if args.watch else None
+    if args.watch == "landing":
+        watch = load(args.config).landing
+        if watch is None:
+            raise ValueError("--watch landing: the configuration file names no landing directory")
+    if not args.files and watch is None:
+        raise ValueError("nothing to ingest: give pass files or --watch DIR")
     failed = 0
     with psycopg.connect(_dsn(args), autocommit=True) as conn:
         while True:
-            files = [Path(f) for f in args.files] if not args.watch else pending_files(Path(args.watch))
+            files = [Path(f) for f in args.files] if not watch else pending_files(watch)
             for path in files:
                 try:
                     r = ingest_file(conn, path)
@@ -102,13 +112,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     print(f"soc ingest: error: {exc}", file=sys.stderr)
                     failed += 1
                     continue
-                if r.outcome == "ingested" or not args.watch:
+                if r.outcome == "ingested" or watch is None:
                     print(
                         f"{r.file_name}: {r.outcome}: {r.ingested} ingested, {r.duplicate} duplicate, "
                         f"{r.quarantined} quarantined"
                         + ("" if r.size_ok else " (file shorter than its sidecar says)")
                     )
-            if not args.watch:
+            if watch is None:
                 return 1 if failed else 0
             time.sleep(args.interval)
 
@@ -132,6 +142,54 @@ def _cmd_local_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reduce(dsn: str, outbox: str | None) -> list:
+    import psycopg
+
+    from pipeline.chunks import reduce_due
+    from pipeline.reduction import ChunkReducer, WorkingCatalogue
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        reducer = ChunkReducer(WorkingCatalogue.from_settings(conn), outbox=Path(outbox) if outbox else None)
+        return reduce_due(conn, reducer)
+
+
+def _cmd_reduce(args: argparse.Namespace) -> int:
+    from pipeline.config import load
+
+    outbox = args.outbox or load(args.config).outbox
+    done = _reduce(_dsn(args), str(outbox) if outbox else None)
+    for chunk_id, revision, reason in done:
+        print(f"chunk {chunk_id} revision {revision} ({reason})")
+    print(f"{len(done)} chunk revision(s) reduced")
+    return 0
+
+
+def _health_report(dsn: str, date: str, out: Path) -> tuple[int, int]:
+    import psycopg
+
+    from pipeline.mission_time import DAY_S, from_utc, obt_of
+    from pipeline.reduction import health_report
+
+    t0 = float(from_utc(date))
+    with psycopg.connect(dsn) as conn:
+        return health_report(
+            conn, float(obt_of(t0)), float(obt_of(t0 + DAY_S)), out, f"Payload health {date}"
+        )
+
+
+def _cmd_verify_product(args: argparse.Namespace) -> int:
+    from pipeline.distribute import main_verify
+
+    return main_verify(args.argv)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    out = Path(args.out or f"health-{args.date}.html")
+    chunks, events = _health_report(_dsn(args, read=True), args.date, out)
+    print(f"{out}: {chunks} chunks, {events} events")
+    return 0
+
+
 def _cmd_run_day(args: argparse.Namespace) -> int:
     import psycopg
 
@@ -144,7 +202,7 @@ def _cmd_run_day(args: argparse.Namespace) -> int:
 
     dsn = _dsn(args)
     out = Path(args.workdir) / f"sim-{args.date}"
-    migrate.init(dsn) if not _has_schema(dsn) else migrate.migrate(dsn)
+    migrate.init(dsn, {"catalogue_seed": args.seed, "catalogue_scale": args.scale})
     cfg = SimConfig(start=args.date, days=1.0, scale=args.scale, seed=args.seed, faults=FAULT_KINDS,
                     anomalies=ANOMALY_KINDS, progress=not args.no_progress)  # fmt: skip
     summary = simulate(out, cfg)
@@ -160,14 +218,13 @@ def _cmd_run_day(args: argparse.Namespace) -> int:
                 totals[k] += getattr(r, k)
             bar.update(task, advance=1, description=f"ingesting {f.name}")
     print(f"ingested {len(files)} files: " + ", ".join(f"{v:,} {k}" for k, v in totals.items()))
+    outbox = Path(args.workdir) / "outbox"
+    done = _reduce(dsn, str(outbox))
+    print(f"reduced {len(done)} chunk revision(s); products in {outbox}")
+    report = Path(args.workdir) / f"health-{args.date}.html"
+    chunks, events = _health_report(dsn, args.date, report)
+    print(f"health report: {report} ({chunks} chunks, {events} events)")
     return 0
-
-
-def _has_schema(dsn: str) -> bool:
-    import psycopg
-
-    with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT to_regclass('soc_settings') IS NOT NULL").fetchone()[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="soc", description="Science Operations Centre pipeline")
     p.add_argument("--version", action="version", version=f"soc-pipeline {__version__}")
+    p.add_argument("--config", help="configuration file (default: $SOC_CONFIG, else /etc/soc/soc.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("simulate", help="simulate days of telemetry of a Gaia-like mission, with truth")
     s.add_argument("--start", default="2016-08-01", help="first UTC day (YYYY-MM-DD)")
@@ -232,6 +290,27 @@ def build_parser() -> argparse.ArgumentParser:
     ldb.add_argument("--dir", default="var/pg", help="the server's directory")
     ldb.add_argument("--dbname", default="soc")
     ldb.set_defaults(func=_cmd_local_db)
+
+    red = sub.add_parser(
+        "reduce", help="reduce every chunk that is due (complete, past its deadline, or late data)"
+    )
+    red.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+    red.add_argument("--outbox", help="directory for the downstream chunk products (default: none written)")
+    red.set_defaults(func=_cmd_reduce)
+
+    vp = sub.add_parser(
+        "verify-product", help="check chunk products (Parquet + manifest) as a consumer would",
+        add_help=False, prefix_chars="\0",  # every argument, --help included, goes to main_verify
+    )  # fmt: skip
+    vp.add_argument("argv", nargs=argparse.REMAINDER)
+    vp.set_defaults(func=_cmd_verify_product)
+
+    rep = sub.add_parser("report", help="reports for people")
+    rep.add_argument("what", choices=("health",))
+    rep.add_argument("--date", required=True, help="UTC day (YYYY-MM-DD)")
+    rep.add_argument("--out", help="HTML file (default health-DATE.html)")
+    rep.add_argument("--dsn", help="libpq connection string (default: $SOC_WRITE_DSN)")
+    rep.set_defaults(func=_cmd_report)
 
     day = sub.add_parser("run-day", help="simulate a day of telemetry and run it through the pipeline")
     day.add_argument("--date", default="2016-08-01")

@@ -82,7 +82,9 @@ def test_source_ids_are_unique_and_decode_to_the_level12_pixel():
     np.testing.assert_allclose(xyz, sk.radec_to_xyz(syn["ra"], syn["dec"]), atol=1e-12)
     assert np.all((syn["g"] >= 10.0) & (syn["g"] <= 20.7))
     real = src[src["origin"] == 0]
-    assert np.all((real["source_id"] < 0) | ((real["source_id"] & 2**34) == 0))
+    hip = (real["source_id"] & sk.HIPPARCOS_ID_FLAG) == sk.HIPPARCOS_ID_FLAG
+    assert np.all(hip | ((real["source_id"] & 2**34) == 0))
+    assert (real["source_id"] > 0).all()  # no negative ids: the Hipparcos stars got Gaia-convention ones
 
 
 def test_real_gaia_ids_follow_the_same_convention():

@@ -1,9 +1,15 @@
 """Versioned schema migrations shipped in the package (`soc db init`, `soc db migrate`).
 
 Migrations are the files pipeline/db/migrations/NNNN_name.sql, applied in order, each in its own
-transaction, and recorded in schema_migrations with a checksum: a migration that changed after it was
-applied is an error, not something to apply again. `init` also fixes the database's settings (chunk length,
-HEALPix order of the partitions), which every later step reads from the database, not from the caller.
+transaction (unless marked `-- soc:no-transaction`, see Migration.transactional), and recorded in
+schema_migrations with a checksum: a migration that changed after it was applied is an error, not something
+to apply again. `init` also fixes the database's settings (chunk length, HEALPix order of the partitions),
+which every later step reads from the database, not from the caller.
+
+`init` stores the settings first (creating soc_settings if needed) and then applies the migrations, because
+migrations read them: 0002 creates one partition per HEALPix pixel at soc_settings.healpix_order. `migrate`
+alone therefore refuses a database that has no settings yet. Both take an advisory lock, so two of them
+running at once apply each migration once.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import psycopg
 
 MIGRATIONS_PACKAGE = "pipeline.db.migrations"
 DEFAULT_SETTINGS = {"chunk_seconds": "1800", "healpix_order": "5"}
+REQUIRED_SETTINGS = tuple(DEFAULT_SETTINGS)
+_LOCK = "SELECT pg_advisory_lock(hashtext('soc-migrate'))"
+_UNLOCK = "SELECT pg_advisory_unlock(hashtext('soc-migrate'))"
+_SETTINGS_TABLE = "CREATE TABLE IF NOT EXISTS soc_settings (key text PRIMARY KEY, value text NOT NULL)"
 
 
-class MigrationError(RuntimeError):
-    pass
+class MigrationError(RuntimeError, ValueError):
+    """A refusal meant for the operator (also a ValueError, which `soc` reports as an error message)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,13 @@ class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def transactional(self) -> bool:
+        """False for a migration marked `-- soc:no-transaction` (e.g. one that creates thousands of
+        partitions, more than one transaction can lock): it runs outside a transaction block, must be a
+        single statement (a DO block may COMMIT) and must be safe to run again after a failure."""
+        return re.search(r"^-- soc:no-transaction\b", self.sql, re.MULTILINE) is None
 
     @property
     def checksum(self) -> str:
@@ -55,36 +72,85 @@ def applied(conn: psycopg.Connection) -> dict[int, str]:
 
 
 def migrate(dsn: str) -> list[Migration]:
-    """Apply the migrations not yet applied; return them. Refuses when an applied one has changed."""
-    done = []
+    """Apply the migrations not yet applied; return them. Refuses when an applied one has changed, and
+    on a database without settings (run `soc db init` first)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        have = applied(conn)
-        for mg in available():
-            if mg.version in have:
-                if have[mg.version] != mg.checksum:
-                    raise MigrationError(f"migration {mg.version:04d}_{mg.name} changed after it was applied")
-                continue
-            with conn.transaction():
-                conn.execute(mg.sql)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                    (mg.version, mg.name, mg.checksum),
+        conn.execute(_LOCK)
+        try:
+            missing = _missing_settings(conn)
+            if missing:
+                raise MigrationError(
+                    f"database has no settings ({', '.join(missing)} missing): run `soc db init` first"
                 )
-            done.append(mg)
-    return done
+            return _apply(conn)
+        finally:
+            conn.execute(_UNLOCK)
 
 
 def init(dsn: str, settings: dict[str, str] | None = None) -> list[Migration]:
-    """Create the schema and fix the settings. Running it again changes nothing; other settings fail."""
+    """Fix the settings, then create the schema. Running it again changes nothing; other settings fail."""
     wanted = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in (settings or {}).items()}}
-    done = migrate(dsn)
+    _check_settings(wanted)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        have = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
-        clash = {k: (have[k], v) for k, v in wanted.items() if k in have and have[k] != v}
-        if clash:
-            raise MigrationError(f"database already initialised with other settings: {clash}")
-        for k, v in wanted.items():
-            conn.execute("INSERT INTO soc_settings VALUES (%s, %s) ON CONFLICT DO NOTHING", (k, v))
+        conn.execute(_LOCK)
+        try:
+            with conn.transaction():
+                conn.execute(_SETTINGS_TABLE)
+                have = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
+                clash = {k: (have[k], v) for k, v in wanted.items() if k in have and have[k] != v}
+                if clash:
+                    raise MigrationError(
+                        "database already initialised with other settings (have, wanted): "
+                        + ", ".join(f"{k} {a!r} != {b!r}" for k, (a, b) in sorted(clash.items()))
+                    )
+                for k, v in wanted.items():
+                    conn.execute("INSERT INTO soc_settings VALUES (%s, %s) ON CONFLICT DO NOTHING", (k, v))
+            return _apply(conn)
+        finally:
+            conn.execute(_UNLOCK)
+
+
+def _record(conn: psycopg.Connection, mg: Migration) -> None:
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+        (mg.version, mg.name, mg.checksum),
+    )
+
+
+def _check_settings(wanted: dict[str, str]) -> None:
+    try:
+        order, chunk_s = int(wanted["healpix_order"]), int(wanted["chunk_seconds"])
+    except ValueError as exc:
+        raise MigrationError(f"settings must be integers: {exc}") from None
+    if not 0 <= order <= 12:  # source ids carry their level-12 pixel
+        raise MigrationError(f"healpix_order must be within 0..12, not {order}")
+    if chunk_s <= 0:
+        raise MigrationError(f"chunk_seconds must be > 0, not {chunk_s}")
+
+
+def _missing_settings(conn: psycopg.Connection) -> list[str]:
+    if conn.execute("SELECT to_regclass('soc_settings')").fetchone()[0] is None:
+        return list(REQUIRED_SETTINGS)
+    have = {k for (k,) in conn.execute("SELECT key FROM soc_settings")}
+    return [k for k in REQUIRED_SETTINGS if k not in have]
+
+
+def _apply(conn: psycopg.Connection) -> list[Migration]:
+    done = []
+    have = applied(conn)
+    for mg in available():
+        if mg.version in have:
+            if have[mg.version] != mg.checksum:
+                raise MigrationError(f"migration {mg.version:04d}_{mg.name} changed after it was applied")
+            continue
+        if mg.transactional:
+            with conn.transaction():
+                conn.execute(mg.sql)
+                _record(conn, mg)
+        else:  # one statement that commits as it goes and finishes the job when run again
+            conn.execute(mg.sql)
+            _record(conn, mg)
+        done.append(mg)
     return done
 
 

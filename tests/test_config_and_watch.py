@@ -1,0 +1,81 @@
+"""The configuration file (write vs read DSN) and the landing-directory watcher."""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from pipeline.config import ConfigError, load
+from pipeline.intake import pending_files
+
+
+def test_the_file_names_the_primary_and_the_replica(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOC_WRITE_DSN", raising=False)
+    monkeypatch.delenv("SOC_READ_DSN", raising=False)
+    f = tmp_path / "soc.yaml"
+    f.write_text(
+        "database:\n  write_dsn: host=primary\n  read_dsn: host=replica\nlanding: /srv/in\noutbox: /srv/out\n"
+    )
+    cfg = load(f)
+    got = (cfg.write_dsn, cfg.reads, str(cfg.landing), str(cfg.outbox))
+    assert got == ("host=primary", "host=replica", "/srv/in", "/srv/out")
+    monkeypatch.setenv("SOC_READ_DSN", "host=other")
+    assert load(f).reads == "host=other"
+    f.write_text("database:\n  write_dsn: host=primary\n")
+    monkeypatch.delenv("SOC_READ_DSN")
+    assert load(f).reads == "host=primary"  # without a replica, reads go to the primary
+    f.write_text("databse:\n  write_dsn: x\n")
+    with pytest.raises(ConfigError, match="databse"):
+        load(f)
+
+
+def test_reports_read_from_the_read_dsn(tmp_path, new_db, monkeypatch):
+    monkeypatch.delenv("SOC_WRITE_DSN", raising=False)
+    monkeypatch.delenv("SOC_READ_DSN", raising=False)
+    write, read = new_db(), new_db()
+    with psycopg.connect(write, autocommit=True) as conn:
+        conn.execute("DROP VIEW current_chunks")  # a report against this database would fail
+    cfg = tmp_path / "soc.yaml"
+    cfg.write_text(f"database:\n  write_dsn: '{write}'\n  read_dsn: '{read}'\n")
+    out = tmp_path / "health.html"
+    cmd = [sys.executable, "-m", "pipeline.cli", "--config", str(cfg), "report", "health",
+           "--date", "2016-08-01", "--out", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert out.exists() and "0 chunks" in res.stdout
+
+
+def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tmp_path):
+    dsn = new_db()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "ingest",
+        "--watch",
+        str(landing),
+        "--interval",
+        "0.2",
+        "--dsn",
+        dsn,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        files = pending_files(faulty_day / "passes")
+        for f in files:  # the data file first, the sidecar last, as a ground station delivers
+            shutil.copy(f, landing / f.name)
+            shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+        deadline = time.monotonic() + 60  # all deliveries ingested within 60 seconds
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < len(files):
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the watcher did not ingest every delivery in time"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

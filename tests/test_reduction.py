@@ -1,0 +1,202 @@
+"""The daily pipeline end to end against simulator truth: telemetry -> intake -> chunks -> image
+parameters -> sky positions -> cross-match -> Main Database, with payload health."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.chunks import reduce_due
+from pipeline.cli import main
+from pipeline.db import migrate
+from pipeline.db.checksums import table_checksum
+from pipeline.distribute import verify_product
+from pipeline.intake import ingest_file, pending_files
+from pipeline.mission_time import obt_of
+from pipeline.reduce.crossmatch import is_new_source_id
+from pipeline.reduction import ChunkReducer, ReductionError, WorkingCatalogue
+from pipeline.simulate.run import SimConfig, simulate
+
+from .conftest import ALL_ANOMALIES
+
+SEED, SCALE, CHUNK_S = 11, 0.0003, 1800
+
+
+@pytest.fixture(scope="module")
+def roomy_day(tmp_path_factory):
+    """Every anomaly and the in-pass faults, a downlink with room to spare (every chunk completes) and
+    more new sources than the default so that they are sure to show."""
+    out = tmp_path_factory.mktemp("roomy-day")
+    simulate(out, SimConfig(start="2016-08-01", days=1.0, scale=SCALE, seed=SEED, progress=False,
+                            faults=("gap", "duplicate", "bitflip"), anomalies=ALL_ANOMALIES,
+                            downlink_margin=3.0, new_source_density=3000.0))  # fmt: skip
+    return out
+
+
+def _database(pg_server, name: str) -> str:
+    """A fresh, initialised database for the simulated day's settings (a tight lateness deadline)."""
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = pg_server.dsn(name)
+    settings = {"chunk_seconds": CHUNK_S, "healpix_order": 2, "catalogue_seed": SEED,
+                "catalogue_scale": SCALE, "lateness_seconds": 600}  # fmt: skip
+    migrate.init(dsn, settings)
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def outbox(tmp_path_factory):
+    return tmp_path_factory.mktemp("outbox")
+
+
+@pytest.fixture(scope="module")
+def reduced(roomy_day, pg_server, outbox):
+    dsn = _database(pg_server, "soc_reduced")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes"):
+            ingest_file(conn, f)
+        reducer = ChunkReducer(WorkingCatalogue.from_settings(conn), outbox=outbox)
+        done = reduce_due(conn, reducer)
+    assert done
+    return dsn
+
+
+def _frame(dsn, query):
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(query)
+        return pd.DataFrame(cur.fetchall(), columns=[d.name for d in cur.description])
+
+
+@pytest.fixture(scope="module")
+def joined(roomy_day, reduced):
+    """Truth transits that reached the ground intact in reduced chunks, joined to the database rows."""
+    truth = pq.read_table(roomy_day / "truth" / "transits.parquet").to_pandas()
+    truth = truth[truth["fate"] == "telemetered"]
+    ingested = _frame(
+        reduced, "SELECT apid, seq, obt AS obt_packet FROM packet_ledger WHERE status = 'ingested'"
+    )
+    truth = truth.merge(ingested, on=["apid", "seq"])
+    truth = truth[np.abs(truth["obt_packet"] - truth["obt_af1"]) < 1e-3]
+    chunks = _frame(reduced, "SELECT chunk_id FROM current_chunks")["chunk_id"]
+    truth = truth[(truth["obt_af1"] // CHUNK_S).isin(chunks)]
+    db = _frame(reduced, "SELECT apid, seq, obt, source_id AS db_source, g_mag, ra AS db_ra, dec AS db_dec,"
+                         " flags FROM transits")  # fmt: skip
+    both = truth.merge(db, on=["apid", "seq"], how="left")
+    both = both[both["obt"].isna() | (np.abs(both["obt"] - both["obt_af1"]) < 60)]
+    return truth, db, both
+
+
+def test_every_transit_received_is_in_the_database_with_the_right_source(joined):
+    truth, db, both = joined
+    assert len(truth) > 3000
+    known = both[both["origin"] != 2]
+    completeness = (known["db_source"] == known["source_id"]).sum() / len(known)
+    found = known[known["db_source"].notna()]
+    purity = (found["db_source"] == found["source_id"]).mean()
+    assert completeness >= 0.999 and purity >= 0.999, (completeness, purity)
+    assert len(db) == both["db_source"].notna().sum()  # nothing in the database that was not observed
+
+
+def test_injected_new_sources_become_new_sources(joined):
+    _, _, both = joined
+    new = both[both["origin"] == 2]
+    assert len(new) >= 5, "the simulated day should have new-source transits"
+    assert is_new_source_id(new["db_source"].to_numpy().astype(np.int64)).all()
+    # one pipeline source per simulated new source
+    per_truth = new.groupby("source_id")["db_source"].nunique()
+    assert (per_truth == 1).mean() >= 0.9
+
+
+def test_positions_and_photometry_agree_with_truth(joined):
+    _, _, both = joined
+    ok = both[both["db_source"].notna() & (both["origin"] != 2)]
+    dra = (ok["db_ra"] - ok["ra"]) * np.cos(np.deg2rad(ok["dec"])) * 3.6e6
+    ddec = (ok["db_dec"] - ok["dec"]) * 3.6e6
+    sep = np.hypot(dra, ddec)
+    assert np.median(sep) < 100.0 and np.percentile(sep, 99) < 300.0  # mas: AC pixel quantisation dominates
+    good = ok[(ok["flags"] == 0) & (ok["g_true"] < 19)]
+    dg = good["g_mag"] - good["g_true"]
+    assert abs(dg.median()) < 0.01 and 1.4826 * (dg - dg.median()).abs().median() < 0.03
+
+
+def test_every_injected_anomaly_raises_a_health_event_where_it_happens(roomy_day, reduced):
+    anomalies = pq.read_table(roomy_day / "truth" / "anomalies.parquet").to_pandas()
+    events = _frame(reduced, "SELECT chunk_id, severity, kind FROM health_events")
+    serious = events[events["severity"].isin(["error", "critical"])]
+    kinds = {"temperature_excursion": "temperature", "bias_jump": "bias", "focus_drift": "lsf"}
+    for a in anomalies.itertuples():
+        chunk = int(obt_of(a.t_start) // CHUNK_S)
+        near = serious[serious["chunk_id"].between(chunk, chunk + 1)]
+        assert near["kind"].str.contains(kinds[a.kind]).any(), (a.kind, chunk, near)
+    # nothing serious far from the anomalies
+    spans = [
+        (int(obt_of(a.t_start) // CHUNK_S), int(obt_of(min(a.t_end, a.t_start + 6 * 3600)) // CHUNK_S) + 1)
+        for a in anomalies.itertuples()
+    ]
+    lonely = serious[~serious["chunk_id"].apply(lambda c: any(lo <= c <= hi for lo, hi in spans))]
+    assert lonely[~lonely["kind"].str.contains("bias")].empty, (
+        lonely
+    )  # a bias jump persists until re-referenced
+
+
+def test_every_chunk_revision_is_a_verified_downstream_product(reduced, outbox):
+    chunks = _frame(reduced, "SELECT chunk_id, revision, n_transits FROM current_chunks")
+    manifests = sorted(outbox.glob("*.manifest.json"))
+    assert len(manifests) == len(chunks) > 10
+    for m in manifests:
+        result = verify_product(m)
+        assert result.ok, result.line()
+    rows = {(r.chunk_id, r.revision): r.n_transits for r in chunks.itertuples()}
+    for m in manifests:
+        meta = json.loads(m.read_text())
+        assert meta["row_count"] == rows[(meta["chunk_id"], meta["revision"])]
+    assert main(["verify-product", "--outbox", str(outbox)]) == 0
+
+
+def test_a_chunk_revision_is_one_transaction(roomy_day, pg_server):
+    dsn = _database(pg_server, "soc_rollback")
+
+    class Failing(ChunkReducer):
+        def _health(self, *a, **k):
+            raise ReductionError("injected failure after the transits were written")
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes")[:1]:
+            ingest_file(conn, f)
+        with pytest.raises(ReductionError, match="injected"):
+            reduce_due(conn, Failing(WorkingCatalogue.from_settings(conn)))
+        assert conn.execute("SELECT count(*) FROM transits").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
+        assert reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)))  # and it recovers
+
+
+def test_a_killed_reduction_resumes_without_loss_or_duplicates(roomy_day, pg_server, reduced):
+    dsn = _database(pg_server, "soc_killed")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes"):
+            ingest_file(conn, f)
+    cmd = [sys.executable, "-m", "pipeline.cli", "reduce", "--dsn", dsn]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM chunks").fetchone()[0] < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                "reduce ended before it could be killed"
+            )
+            time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    with psycopg.connect(dsn) as a, psycopg.connect(reduced) as b:
+        for table in ("transits", "sources", "health_events"):
+            assert table_checksum(a, table) == table_checksum(b, table), table
+        assert a.execute("SELECT count(*) FROM chunks WHERE revision > 1").fetchone()[0] == 0
