@@ -17,11 +17,11 @@ from pathlib import Path
 
 import psycopg
 
-from pipeline.chunks import reduce_due
+from pipeline.chunks import reduce_due, reduce_due_parallel
 from pipeline.db import migrate
 from pipeline.db.server import THROWAWAY_SETTINGS, LocalServer
 from pipeline.intake import ingest_file, pending_files
-from pipeline.reduction import ChunkReducer, WorkingCatalogue
+from pipeline.reduction import ChunkReducer, WorkingCatalogue, make_reducer
 from pipeline.simulate.run import SimConfig, simulate
 
 AIM_TRANSITS_S = 20_000.0
@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--start", default="2016-08-01")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--fsync", action="store_true", help="a durable server (default: fsync off)")
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], help="reduction worker counts to compare"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="soc-bench-") as tmp:
         tmp = Path(tmp)
@@ -57,15 +60,26 @@ def main() -> None:
                 t = time.perf_counter()
                 packets = sum(ingest_file(conn, f).ingested for f in files)
                 t_ingest = time.perf_counter() - t
-                reducer = ChunkReducer(WorkingCatalogue.from_settings(conn))
+            runs = {}
+            for w in args.workers:  # each on a copy of the ingested database
+                with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                    conn.execute(f"CREATE DATABASE bench_w{w} TEMPLATE bench")
+                dsn_w = server.dsn(f"bench_w{w}")
                 t = time.perf_counter()
-                done = reduce_due(conn, reducer)
-                t_reduce = time.perf_counter() - t
-                n = conn.execute("SELECT count(*) FROM transits").fetchone()[0]
+                if w == 1:  # in this process, to see the time per stage
+                    with psycopg.connect(dsn_w, autocommit=True) as conn:
+                        reducer = ChunkReducer(WorkingCatalogue.from_settings(conn))
+                        done = reduce_due(conn, reducer)
+                else:
+                    done = reduce_due_parallel(dsn_w, make_reducer, w)
+                runs[w] = (time.perf_counter() - t, len(done))
+                with psycopg.connect(dsn_w) as conn:
+                    n = conn.execute("SELECT count(*) FROM transits").fetchone()[0]
         finally:
             server.destroy()
+    t_reduce = runs[min(runs)][0]
     total = t_ingest + t_reduce
-    print(f"\n{'stage':<18}{'seconds':>9}{'share':>8}")
+    print(f"\n{'stage (1 worker)':<18}{'seconds':>9}{'share':>8}")
     print(f"{'intake':<18}{t_ingest:>9.1f}{t_ingest / total:>8.0%}   {packets:,} packets, {len(files)} files")
     other = t_reduce - sum(reducer.timings.values())
     for stage, s in [
@@ -73,10 +87,17 @@ def main() -> None:
         ("other (fetch, chunks)", other),
     ]:
         print(f"  {stage:<16}{s:>9.1f}{s / total:>8.0%}")
-    rate = n / total
-    print(f"\n{n:,} transits committed in {len(done)} chunk revisions: {rate:,.0f} transits/s end to end "
-          f"(intake {n / t_ingest:,.0f}/s, reduction {n / t_reduce:,.0f}/s)")  # fmt: skip
-    print(f"aim {AIM_TRANSITS_S:,.0f}/s: ratio {rate / AIM_TRANSITS_S:.2f}x")
+    print(f"\n{n:,} transits committed; intake {n / t_ingest:,.0f} transits/s")
+    print(
+        f"{'workers':>8}{'reduce s':>10}{'revisions':>10}{'end-to-end/s':>14}{'vs 1 worker':>12}{'vs aim':>8}"
+    )
+    for w, (t_red, revs) in sorted(runs.items()):
+        rate = n / (t_ingest + t_red)
+        base = n / (t_ingest + runs[min(runs)][0])
+        print(
+            f"{w:>8}{t_red:>10.1f}{revs:>10}{rate:>14,.0f}{rate / base:>11.2f}x{rate / AIM_TRANSITS_S:>7.2f}x"
+        )
+    print(f"aim: {AIM_TRANSITS_S:,.0f} transits/s from packets to committed rows on a 2-core machine")
 
 
 if __name__ == "__main__":

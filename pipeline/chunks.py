@@ -20,7 +20,9 @@ which chunks were reduced early, and the revision history, depend on the order.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,26 +170,70 @@ def reduce_due(conn: psycopg.Connection, reducer: Reducer) -> list[tuple[int, in
     """
     if not conn.autocommit:
         raise RuntimeError("reduce_due needs an autocommit connection: each revision is its own transaction")
-    done = []
+    chunk_s, h, due = _plan(conn)
+    return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
+
+
+def reduce_due_parallel(dsn: str, make_reducer: Callable, workers: int) -> list[tuple[int, int, str]]:
+    """reduce_due with one worker process per database core: independent chunk revisions in parallel.
+
+    make_reducer(conn) builds each worker's reducer (a picklable top-level callable or partial).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        chunk_s, h, due = _plan(conn)
+    if workers <= 1 or len(due) <= 1:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            reducer = make_reducer(conn)
+            return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no connection is shared across a fork
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_worker_init, initargs=(dsn, make_reducer)
+    ) as pool:
+        results = pool.map(_worker_reduce, due, [chunk_s] * len(due), [h] * len(due))
+        return [r for r in results if r is not None]
+
+
+_worker: dict = {}
+
+
+def _worker_init(dsn: str, make_reducer: Callable) -> None:
+    conn = psycopg.connect(dsn, autocommit=True)
+    _worker.update(conn=conn, reducer=make_reducer(conn))
+
+
+def _worker_reduce(st: ChunkState, chunk_s: float, h: float):
+    return _reduce_one(_worker["conn"], _worker["reducer"], st, chunk_s, h)
+
+
+def _plan(conn: psycopg.Connection) -> tuple[float, float, list[ChunkState]]:
     chunk_s = float(settings(conn)["chunk_seconds"])
     apid, _, obt = _keys(conn)
     h = horizon(apid, obt) if len(apid) else -np.inf
-    for st in chunk_states(conn):
-        if not st.due:
-            continue
-        with conn.transaction():
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('soc-chunk'), %s::int)", (st.chunk_id % (1 << 31),)
-            )
-            packets = chunk_packets(conn, st.chunk_id, chunk_s)
-            revision = st.current_revision + 1
-            n_transits = reducer(conn, st.chunk_id, revision, packets)
-            conn.execute(
-                "INSERT INTO chunks (chunk_id, revision, reason, n_packets, input_digest, horizon_obt, gaps,"
-                " n_transits) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (st.chunk_id, revision, st.reason, st.n_packets, st.input_digest, h, st.gaps, n_transits),
-            )
-        if hasattr(reducer, "committed"):
-            reducer.committed(st.chunk_id, revision, st.input_digest)
-        done.append((st.chunk_id, revision, st.reason))
-    return done
+    return chunk_s, h, [st for st in chunk_states(conn) if st.due]
+
+
+def _reduce_one(
+    conn, reducer: Reducer, st: ChunkState, chunk_s: float, h: float
+) -> tuple[int, int, str] | None:
+    """One revision of one chunk, in its own transaction; None if another process reduced it meanwhile."""
+    with conn.transaction():
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('soc-chunk'), %s::int)", (st.chunk_id % (1 << 31),)
+        )
+        cur = conn.execute(
+            "SELECT revision, input_digest FROM current_chunks WHERE chunk_id = %s", (st.chunk_id,)
+        ).fetchone()
+        if cur is not None and cur[1] == st.input_digest:
+            return None
+        revision = (cur[0] if cur else 0) + 1
+        reason = "late_data" if cur else st.reason
+        packets = chunk_packets(conn, st.chunk_id, chunk_s)
+        n_transits = reducer(conn, st.chunk_id, revision, packets)
+        conn.execute(
+            "INSERT INTO chunks (chunk_id, revision, reason, n_packets, input_digest, horizon_obt, gaps,"
+            " n_transits) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (st.chunk_id, revision, reason, st.n_packets, st.input_digest, h, st.gaps, n_transits),
+        )
+    if hasattr(reducer, "committed"):
+        reducer.committed(st.chunk_id, revision, st.input_digest)
+    return st.chunk_id, revision, reason

@@ -142,22 +142,22 @@ def _cmd_local_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reduce(dsn: str, outbox: str | None) -> list:
-    import psycopg
+def _reduce(dsn: str, outbox: str | None, workers: int | None = None) -> list:
+    import functools
+    import os
 
-    from pipeline.chunks import reduce_due
-    from pipeline.reduction import ChunkReducer, WorkingCatalogue
+    from pipeline.chunks import reduce_due_parallel
+    from pipeline.reduction import make_reducer
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        reducer = ChunkReducer(WorkingCatalogue.from_settings(conn), outbox=Path(outbox) if outbox else None)
-        return reduce_due(conn, reducer)
+    workers = workers or os.cpu_count() or 1  # one worker per core
+    return reduce_due_parallel(dsn, functools.partial(make_reducer, outbox=outbox), workers)
 
 
 def _cmd_reduce(args: argparse.Namespace) -> int:
     from pipeline.config import load
 
     outbox = args.outbox or load(args.config).outbox
-    done = _reduce(_dsn(args), str(outbox) if outbox else None)
+    done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers)
     for chunk_id, revision, reason in done:
         print(f"chunk {chunk_id} revision {revision} ({reason})")
     print(f"{len(done)} chunk revision(s) reduced")
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     red.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
     red.add_argument("--outbox", help="directory for the downstream chunk products (default: none written)")
+    red.add_argument(
+        "--workers", type=int, help="chunk revisions reduced in parallel (default: the core count)"
+    )
     red.set_defaults(func=_cmd_reduce)
 
     vp = sub.add_parser(

@@ -272,3 +272,8 @@ def health_report(
     ]
     write_health_report(events, series, path, title=title)
     return len(series), len(events)
+
+
+def make_reducer(conn: psycopg.Connection, outbox: str | None = None) -> ChunkReducer:
+    """The standard reducer for a database (picklable with functools.partial, for worker processes)."""
+    return ChunkReducer(WorkingCatalogue.from_settings(conn), outbox=Path(outbox) if outbox else None)

@@ -14,7 +14,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.chunks import reduce_due
+from pipeline.chunks import reduce_due, reduce_due_parallel
 from pipeline.cli import main
 from pipeline.db import migrate
 from pipeline.db.checksums import table_checksum
@@ -22,7 +22,7 @@ from pipeline.distribute import verify_product
 from pipeline.intake import ingest_file, pending_files
 from pipeline.mission_time import obt_of
 from pipeline.reduce.crossmatch import is_new_source_id
-from pipeline.reduction import ChunkReducer, ReductionError, WorkingCatalogue
+from pipeline.reduction import ChunkReducer, ReductionError, WorkingCatalogue, make_reducer
 from pipeline.simulate.run import SimConfig, simulate
 
 from .conftest import ALL_ANOMALIES
@@ -200,3 +200,22 @@ def test_a_killed_reduction_resumes_without_loss_or_duplicates(roomy_day, pg_ser
         for table in ("transits", "sources", "health_events"):
             assert table_checksum(a, table) == table_checksum(b, table), table
         assert a.execute("SELECT count(*) FROM chunks WHERE revision > 1").fetchone()[0] == 0
+
+
+def test_two_workers_give_what_one_worker_gives(roomy_day, pg_server, reduced):
+    dsn = _database(pg_server, "soc_parallel")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes"):
+            ingest_file(conn, f)
+    done = reduce_due_parallel(dsn, make_reducer, workers=2)
+    with psycopg.connect(dsn) as a, psycopg.connect(reduced) as b:
+        assert len(done) == b.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        # transits of catalogue sources are identical; a new source seen by two chunks reduced at the same
+        # time can get two ids (docs/pipeline.md, known limits), so those are compared by count
+        new = "SELECT source_id FROM sources WHERE origin = 'new'"
+        known = f"SELECT * FROM transits WHERE source_id NOT IN ({new})"
+        rows_a = sorted(a.execute(known).fetchall())
+        rows_b = sorted(b.execute(known).fetchall())
+        assert rows_a == rows_b and len(rows_a) > 3000
+        count = "SELECT count(*) FROM transits"
+        assert a.execute(count).fetchone() == b.execute(count).fetchone()

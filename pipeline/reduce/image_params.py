@@ -105,18 +105,18 @@ def _lsf_sigma_derivative(x0: np.ndarray, sigma: np.ndarray, n_samples: int) -> 
     return -np.diff(upd, axis=-1) / sigma[:, None]
 
 
-def _design(theta: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, list]:
-    """Model mean mu (m, 18) and the Jacobian columns dmu/dtheta_p for theta = (F_g, x0, b[, sigma]).
+def _design(theta: np.ndarray, sigma: np.ndarray | None, width: int = MAX_SAMPLES) -> tuple[np.ndarray, list]:
+    """Model mean mu (m, width) and the Jacobian columns dmu/dtheta_p for theta = (F_g, x0, b[, sigma]).
 
     The background column is the constant 1 and is returned as None (the sums below use that).
     """
     free_sigma = sigma is None
     f, x0, b = theta[:, 0], theta[:, 1], theta[:, 2]
     s = theta[:, 3] if free_sigma else sigma
-    lsf = lsf_fractions(x0, s, MAX_SAMPLES)
-    cols = [lsf, f[:, None] * lsf_derivative_x0(x0, s, MAX_SAMPLES), None]
+    lsf = lsf_fractions(x0, s, width)
+    cols = [lsf, f[:, None] * lsf_derivative_x0(x0, s, width), None]
     if free_sigma:
-        cols.append(f[:, None] * _lsf_sigma_derivative(x0, s, MAX_SAMPLES))
+        cols.append(f[:, None] * _lsf_sigma_derivative(x0, s, width))
     return f[:, None] * lsf + b[:, None], cols
 
 
@@ -180,7 +180,7 @@ def _scoring(d, valid, theta, sigma, max_iter=MAX_ITER, tol=CONVERGENCE_TOL):
 
     Returns (converged (m,) bool, iterations used (m,) int).
     """
-    m = len(theta)
+    m, width = d.shape
     converged = np.zeros(m, bool)
     n_iter = np.zeros(m, np.int64)
     active = np.arange(m)
@@ -188,7 +188,7 @@ def _scoring(d, valid, theta, sigma, max_iter=MAX_ITER, tol=CONVERGENCE_TOL):
         if active.size == 0:
             break
         th = theta[active]
-        mu, cols = _design(th, None if sigma is None else sigma[active])
+        mu, cols = _design(th, None if sigma is None else sigma[active], width)
         w = valid[active] / _variance(mu)
         r = d[active] - mu
         grad = np.stack([_wsum(w, c, r) for c in cols], axis=1)
@@ -206,7 +206,7 @@ def _scoring(d, valid, theta, sigma, max_iter=MAX_ITER, tol=CONVERGENCE_TOL):
         step[:, 0] = np.clip(step[:, 0], -f_floor, 3.0 * np.abs(f) + 100.0)
         step[:, 1] = np.clip(step[:, 1], -MAX_X0_STEP, MAX_X0_STEP)
         th = th + step
-        th[:, 1] = np.clip(th[:, 1], -2.0, MAX_SAMPLES + 2.0)
+        th[:, 1] = np.clip(th[:, 1], -2.0, width + 2.0)
         th[:, 2] = np.maximum(th[:, 2], -0.8 * READOUT_VARIANCE_E2)
         if sigma is None:
             s_old = theta[active, 3]
@@ -244,7 +244,7 @@ def _prepare(samples, ns, bias, sigma):
 
 def _moments_start(d, in_window, valid, ns, sigma):
     """Robust start (F_g, x0, b): edge median, peak-box centroid, then the linear flux for that centroid."""
-    m = len(d)
+    m, width = d.shape
     rows = np.arange(m)[:, None]
     edge_idx = np.stack([np.zeros(m, np.int64), np.ones(m, np.int64), ns - 2, ns - 1], axis=1)
     edge = np.where(valid[rows, edge_idx], d[rows, edge_idx], np.nan)
@@ -252,14 +252,14 @@ def _moments_start(d, in_window, valid, ns, sigma):
     # centroid: saturated samples keep their clipped (large) values, which locate the image well enough
     dp = np.where(in_window, d - b0[:, None], 0.0)
     box = dp[:, :-2] + dp[:, 1:-1] + dp[:, 2:]
-    box = np.where(np.arange(MAX_SAMPLES - 2) < (ns - 2)[:, None], box, -np.inf)
+    box = np.where(np.arange(width - 2) < (ns - 2)[:, None], box, -np.inf)
     c = box.argmax(axis=1) + 1
-    j = np.arange(MAX_SAMPLES)
+    j = np.arange(width)
     band = in_window & (np.abs(j - c[:, None]) <= 2)
     wgt = np.where(band, np.maximum(dp, 0.0), 0.0)
     sw = wgt.sum(axis=1)
     x0 = np.where(sw > 0, (wgt * (j + 0.5)).sum(axis=1) / np.where(sw > 0, sw, 1.0), ns / 2.0)
-    lsf = lsf_fractions(x0, sigma, MAX_SAMPLES) * valid
+    lsf = lsf_fractions(x0, sigma, width) * valid
     den = (lsf * lsf).sum(axis=1)
     f0 = np.where(den > 0, (lsf * (d - b0[:, None]) * valid).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
     floor = np.sqrt(np.maximum(valid.sum(axis=1), 1) * (np.maximum(b0, 0.0) + READOUT_VARIANCE_E2))
@@ -291,16 +291,19 @@ def fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma=ins.NOMINAL_LS
     chi2 = np.full(nw, np.nan)
     converged = np.zeros(nw, bool)
     n_iter = np.zeros(nw, np.int64)
-    if todo.size:
-        d, valid, sig = p["d"][todo], p["valid"][todo].astype(float), p["sigma"][todo]
-        th = _moments_start(d, p["in_window"][todo], p["valid"][todo], p["ns"][todo], sig)
+    for width in (ins.WINDOW_SAMPLES_FAINT, ins.WINDOW_SAMPLES_BRIGHT):  # each length at its own width
+        sel = todo[p["ns"][todo] == width]
+        if not sel.size:
+            continue
+        d, valid, sig = p["d"][sel, :width], p["valid"][sel, :width].astype(float), p["sigma"][sel]
+        th = _moments_start(d, p["in_window"][sel, :width], p["valid"][sel, :width], p["ns"][sel], sig)
         conv, it = _scoring(d, valid, th, sig)
-        mu, cols = _design(th, sig)
+        mu, cols = _design(th, sig, width)
         w = valid / _variance(mu)
-        cov[todo] = _covariance(_fisher(cols, w))
+        cov[sel] = _covariance(_fisher(cols, w))
         dof = np.maximum(valid.sum(axis=1) - 3, 1)
-        chi2[todo] = (w * (d - mu) ** 2).sum(axis=1) / dof
-        theta[todo], converged[todo], n_iter[todo] = th, conv, it
+        chi2[sel] = (w * (d - mu) ** 2).sum(axis=1) / dof
+        theta[sel], converged[sel], n_iter[sel] = th, conv, it
 
     flags = np.zeros(nw, np.int64)
     flags |= np.where(p["saturated"], FLAG_SATURATED, 0)
