@@ -341,6 +341,17 @@ class _Events:
             )
         )
 
+    def grade_worst(self, kind, series, table, t_start, t_end, detail, *, row=-1, column=-1, pick=np.argmax):
+        """Grade the largest |value| of one time series against a threshold table; if it passes one, add an
+        event spanning the samples beyond the lowest threshold. detail(i) words it from the worst sample i."""
+        a = np.abs(series)
+        i = int(pick(a))
+        sev, thr = grade(a[i], table)
+        if sev is not None:
+            span = _span(a > _lowest(table), t_start, t_end)
+            self.add(kind, sev, row=row, column=column, span=span, value=series[i], limit=thr,
+                     detail=detail(i))  # fmt: skip
+
 
 def _hk(hk: Mapping | None, kind: str, field: str) -> tuple[np.ndarray, np.ndarray] | None:
     d = (hk or {}).get(kind) or {}
@@ -405,64 +416,33 @@ def _check_thermal(hk, limits, ev, summary):
     dev = fpa - nominal
     dark = float(limits["background"]["dark_e_per_k"])
     for r in range(ins.N_ROWS):
-        i = int(np.argmax(np.abs(dev[:, r])))
-        sev, thr = grade(abs(dev[i, r]), lim["deviation_k"])
-        if sev is not None:
-            t0, t1 = _span(np.abs(dev[:, r]) > _lowest(lim["deviation_k"]), obt, obt)
-            ev.add(
-                "fpa_temperature",
-                sev,
-                row=r,
-                span=(t0, t1),
-                value=dev[i, r],
-                limit=thr,
-                detail=(
-                    f"row {r} at {fpa[i, r]:.3f} K, {dev[i, r]:+.3f} K from nominal {nominal:.1f} K "
-                    f"(dark signal {dark * dev[i, r]:+.2f} e-/sample)"
-                ),
-            )
+        ev.grade_worst(
+            "fpa_temperature", dev[:, r], lim["deviation_k"], obt, obt, row=r,
+            detail=lambda i, r=r: f"row {r} at {fpa[i, r]:.3f} K, {dev[i, r]:+.3f} K from nominal "
+            f"{nominal:.1f} K (dark signal {dark * dev[i, r]:+.2f} e-/sample)",
+        )  # fmt: skip
     slope, ta, tb = sliding_slope(obt, fpa, int(lim["rate_fit_samples"]))
     if len(slope):
         rate = slope * 60.0
         summary["fpa_rate_max"] = np.nanmax(np.abs(rate), axis=0)
+        n_fit = min(int(lim["rate_fit_samples"]), len(obt))
         for r in range(ins.N_ROWS):
-            i = int(np.nanargmax(np.abs(rate[:, r])))
-            sev, thr = grade(abs(rate[i, r]), lim["rate_k_per_min"])
-            if sev is not None:
-                t0, t1 = _span(np.abs(rate[:, r]) > _lowest(lim["rate_k_per_min"]), ta, tb)
-                ev.add(
-                    "fpa_temperature_rate",
-                    sev,
-                    row=r,
-                    span=(t0, t1),
-                    value=rate[i, r],
-                    limit=thr,
-                    detail=(
-                        f"row {r} temperature changing at {rate[i, r]:+.3f} K/min "
-                        f"(slope over {min(int(lim['rate_fit_samples']), len(obt))} samples)"
-                    ),
-                )
+            ev.grade_worst(
+                "fpa_temperature_rate", rate[:, r], lim["rate_k_per_min"], ta, tb, row=r, pick=np.nanargmax,
+                detail=lambda i, r=r: f"row {r} temperature changing at {rate[i, r]:+.3f} K/min "
+                f"(slope over {n_fit} samples)",
+            )  # fmt: skip
     mlim = limits["mirror_temperature"]
     mir = temps[:, ins.N_ROWS : ins.N_ROWS + 2]
     summary["mirror_temp_median"] = np.median(mir, axis=0)
     summary["mirror_temp_min"], summary["mirror_temp_max"] = mir.min(axis=0), mir.max(axis=0)
     mdev = mir - np.asarray(mlim["nominal_k"], dtype=float)
     for m in range(2):
-        i = int(np.argmax(np.abs(mdev[:, m])))
-        sev, thr = grade(abs(mdev[i, m]), mlim["deviation_k"])
-        if sev is not None:
-            t0, t1 = _span(np.abs(mdev[:, m]) > _lowest(mlim["deviation_k"]), obt, obt)
-            ev.add(
-                "mirror_temperature",
-                sev,
-                span=(t0, t1),
-                value=mdev[i, m],
-                limit=thr,
-                detail=(
-                    f"mirror M{m + 1} at {mir[i, m]:.3f} K, {mdev[i, m]:+.3f} K from nominal "
-                    f"{mlim['nominal_k'][m]:.2f} K"
-                ),
-            )
+        ev.grade_worst(
+            "mirror_temperature", mdev[:, m], mlim["deviation_k"], obt, obt,
+            detail=lambda i, m=m: f"mirror M{m + 1} at {mir[i, m]:.3f} K, {mdev[i, m]:+.3f} K from nominal "
+            f"{mlim['nominal_k'][m]:.2f} K",
+        )  # fmt: skip
 
 
 def _check_bias(hk, limits, ev, summary, previous, chunk_id):
@@ -482,27 +462,12 @@ def _check_bias(hk, limits, ev, summary, previous, chunk_id):
     summary["bias_median"] = np.median(bias, axis=0)
     summary["bias_last"], summary["bias_last_obt"] = bias[-1].copy(), float(obt[-1])
     dev = bias - ref
-    worst = np.argmax(np.abs(dev), axis=0)
-    lowest = _lowest(lim["level_deviation_adu"])
     for r, c in np.ndindex(*shape):
-        i = int(worst[r, c])
-        sev, thr = grade(abs(dev[i, r, c]), lim["level_deviation_adu"])
-        if sev is not None:
-            t0, t1 = _span(np.abs(dev[:, r, c]) > lowest, obt, obt)
-            ev.add(
-                "bias_level",
-                sev,
-                row=r,
-                column=c,
-                span=(t0, t1),
-                value=dev[i, r, c],
-                limit=thr,
-                detail=(
-                    f"row {r} {_ccd_name(c)} bias at {bias[i, r, c]:.1f} ADU, {dev[i, r, c]:+.1f} ADU from "
-                    f"its "
-                    f"reference {ref[r, c]:.1f} ADU"
-                ),
-            )
+        ev.grade_worst(
+            "bias_level", dev[:, r, c], lim["level_deviation_adu"], obt, obt, row=r, column=c,
+            detail=lambda i, r=r, c=c: f"row {r} {_ccd_name(c)} bias at {bias[i, r, c]:.1f} ADU, "
+            f"{dev[i, r, c]:+.1f} ADU from its reference {ref[r, c]:.1f} ADU",
+        )  # fmt: skip
     # steps, including the one into this chunk when the previous chunk's last sample is known
     t_all, b_all = obt, bias
     if (
@@ -551,18 +516,11 @@ def _check_power(hk, limits, ev, summary):
     summary["power_median"] = np.median(values, axis=0)
     rel = values / nominal - 1.0
     for j, name in enumerate(HK_POWER_NAMES):
-        i = int(np.argmax(np.abs(rel[:, j])))
-        sev, thr = grade(abs(rel[i, j]), lim["deviation_fraction"])
-        if sev is not None:
-            t0, t1 = _span(np.abs(rel[:, j]) > _lowest(lim["deviation_fraction"]), obt, obt)
-            ev.add(
-                "power",
-                sev,
-                span=(t0, t1),
-                value=rel[i, j],
-                limit=thr,
-                detail=f"{name} at {values[i, j]:.3f}, {100 * rel[i, j]:+.2f} % from nominal {nominal[j]:g}",
-            )
+        ev.grade_worst(
+            "power", rel[:, j], lim["deviation_fraction"], obt, obt,
+            detail=lambda i, j=j, name=name: f"{name} at {values[i, j]:.3f}, {100 * rel[i, j]:+.2f} % from "
+            f"nominal {nominal[j]:g}",
+        )  # fmt: skip
 
 
 def _check_background(windows, transits, limits, ev, summary, t_chunk):
