@@ -8,8 +8,9 @@ priority received: the spacecraft sends each priority in generation order and hi
 everything generated before it has been sent. Deadlines are measured in on-board time, not wall-clock
 time, so a validation replay and operations decide the same way.
 
-A chunk that was reduced before gets a new revision as soon as its ingested packets differ from those its
-current revision reduced (reason 'late_data'); the same data twice changes nothing.
+An operator can flush: reduce every chunk now, complete or not (the end of a replay or of a mission
+phase). A chunk that was reduced before gets a new revision as soon as its ingested packets differ from
+those its current revision reduced (reason 'late_data'); the same data twice changes nothing.
 
 Completeness is judged on the data present: with passes arriving in an arbitrary order a chunk can look
 complete before a gap next to it becomes visible, and is then reduced earlier than it would be in
@@ -59,17 +60,19 @@ class ChunkState:
     current_revision: int  # 0: never reduced
     current_digest: str | None
 
+    flushed: bool = False  # the operator asked for every chunk now (soc reduce --flush)
+
     @property
     def due(self) -> bool:
         if self.current_revision:  # reduced before: any change to its input is late data
             return self.input_digest != self.current_digest
-        return self.complete or self.deadline_passed
+        return self.complete or self.deadline_passed or self.flushed
 
     @property
     def reason(self) -> str:
         if self.current_revision:
             return "late_data"
-        return "complete" if self.complete else "deadline"
+        return "complete" if self.complete else "deadline" if self.deadline_passed else "flush"
 
 
 def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,8 +114,8 @@ def digest(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray) -> str:
     return hashlib.md5(keys.tobytes()).hexdigest()
 
 
-def chunk_states(conn: psycopg.Connection) -> list[ChunkState]:
-    """The state of every chunk that has ingested packets."""
+def chunk_states(conn: psycopg.Connection, flush: bool = False) -> list[ChunkState]:
+    """The state of every chunk that has ingested packets (flush: every one is due, complete or not)."""
     cfg = settings(conn)
     chunk_s, lateness = float(cfg["chunk_seconds"]), float(cfg["lateness_seconds"])
     apid, seq, obt = _keys(conn)
@@ -140,7 +143,7 @@ def chunk_states(conn: psycopg.Connection) -> list[ChunkState]:
         states.append(ChunkState(
             chunk_id=c, n_packets=len(idx), input_digest=digest(apid[inp], seq[inp], obt[inp]),
             gaps=gaps.get(c, 0), complete=h >= end + END_MARGIN_S and not gaps.get(c, 0),
-            deadline_passed=h >= end + lateness, current_revision=rev, current_digest=dig,
+            deadline_passed=h >= end + lateness, current_revision=rev, current_digest=dig, flushed=flush,
         ))  # fmt: skip
     return states
 
@@ -160,7 +163,7 @@ def chunk_packets(conn: psycopg.Connection, chunk_id: int, chunk_s: float) -> li
 Reducer = Callable[[psycopg.Connection, int, int, list[bytes]], int]
 
 
-def reduce_due(conn: psycopg.Connection, reducer: Reducer) -> list[tuple[int, int, str]]:
+def reduce_due(conn: psycopg.Connection, reducer: Reducer, flush: bool = False) -> list[tuple[int, int, str]]:
     """Reduce every due chunk, each revision in its own transaction -> [(chunk_id, revision, reason)].
 
     reducer(conn, chunk_id, revision, packets) runs inside the revision's transaction and returns the
@@ -170,17 +173,19 @@ def reduce_due(conn: psycopg.Connection, reducer: Reducer) -> list[tuple[int, in
     """
     if not conn.autocommit:
         raise RuntimeError("reduce_due needs an autocommit connection: each revision is its own transaction")
-    chunk_s, h, due = _plan(conn)
+    chunk_s, h, due = _plan(conn, flush)
     return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
 
 
-def reduce_due_parallel(dsn: str, make_reducer: Callable, workers: int) -> list[tuple[int, int, str]]:
+def reduce_due_parallel(
+    dsn: str, make_reducer: Callable, workers: int, flush: bool = False
+) -> list[tuple[int, int, str]]:
     """reduce_due with one worker process per database core: independent chunk revisions in parallel.
 
     make_reducer(conn) builds each worker's reducer (a picklable top-level callable or partial).
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
-        chunk_s, h, due = _plan(conn)
+        chunk_s, h, due = _plan(conn, flush)
     if workers <= 1 or len(due) <= 1:
         with psycopg.connect(dsn, autocommit=True) as conn:
             reducer = make_reducer(conn)
@@ -205,11 +210,11 @@ def _worker_reduce(st: ChunkState, chunk_s: float, h: float):
     return _reduce_one(_worker["conn"], _worker["reducer"], st, chunk_s, h)
 
 
-def _plan(conn: psycopg.Connection) -> tuple[float, float, list[ChunkState]]:
+def _plan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, list[ChunkState]]:
     chunk_s = float(settings(conn)["chunk_seconds"])
     apid, _, obt = _keys(conn)
     h = horizon(apid, obt) if len(apid) else -np.inf
-    return chunk_s, h, [st for st in chunk_states(conn) if st.due]
+    return chunk_s, h, [st for st in chunk_states(conn, flush) if st.due]
 
 
 def _reduce_one(

@@ -142,7 +142,7 @@ def _cmd_local_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reduce(dsn: str, outbox: str | None, workers: int | None = None) -> list:
+def _reduce(dsn: str, outbox: str | None, workers: int | None = None, flush: bool = False) -> list:
     import functools
     import os
 
@@ -150,14 +150,14 @@ def _reduce(dsn: str, outbox: str | None, workers: int | None = None) -> list:
     from pipeline.reduction import make_reducer
 
     workers = workers or os.cpu_count() or 1  # one worker per core
-    return reduce_due_parallel(dsn, functools.partial(make_reducer, outbox=outbox), workers)
+    return reduce_due_parallel(dsn, functools.partial(make_reducer, outbox=outbox), workers, flush)
 
 
 def _cmd_reduce(args: argparse.Namespace) -> int:
     from pipeline.config import load
 
     outbox = args.outbox or load(args.config).outbox
-    done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers)
+    done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers, args.flush)
     for chunk_id, revision, reason in done:
         print(f"chunk {chunk_id} revision {revision} ({reason})")
     print(f"{len(done)} chunk revision(s) reduced")

@@ -17,7 +17,7 @@ import pytest
 from pipeline.chunks import reduce_due, reduce_due_parallel
 from pipeline.cli import main
 from pipeline.db import migrate
-from pipeline.db.checksums import table_checksum
+from pipeline.db.checksums import checksums, table_checksum
 from pipeline.distribute import verify_product
 from pipeline.intake import ingest_file, pending_files
 from pipeline.mission_time import obt_of
@@ -219,3 +219,42 @@ def test_two_workers_give_what_one_worker_gives(roomy_day, pg_server, reduced):
         assert rows_a == rows_b and len(rows_a) > 3000
         count = "SELECT count(*) FROM transits"
         assert a.execute(count).fetchone() == b.execute(count).fetchone()
+
+
+def test_any_arrival_order_then_a_flush_gives_the_same_science(roomy_day, pg_server):
+    files = pending_files(roomy_day / "passes")
+    orders = {"soc_order_a": list(range(len(files))), "soc_order_b": list(reversed(range(len(files))))}
+    dsns = {}
+    for name, order in orders.items():
+        dsn = dsns[name] = _database(pg_server, name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in order:  # reduce after every delivery, as operations do
+                ingest_file(conn, files[i])
+                reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)))
+            flushed = reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)), flush=True)
+            assert reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)), flush=True) == []
+        assert all(reason in ("flush", "late_data", "deadline", "complete") for _, _, reason in flushed)
+    columns = (
+        "source_id, obt, t, chunk_id, apid, seq, fov, ccd_row, ac_pixel, ra, dec, pos_err_mas, g_flux,"
+        " g_flux_err, g_mag, g_mag_err, n_good, flags, match_dist_mas, ambiguous"
+    )  # all but revision
+    new = "SELECT source_id FROM sources WHERE origin = 'new'"
+    queries = {
+        "intake": None,
+        "chunks": "SELECT chunk_id, input_digest FROM current_chunks ORDER BY 1",
+        "catalogue transits": f"SELECT {columns} FROM transits WHERE source_id NOT IN ({new}) ORDER BY 1, 2",
+        "new-source transits": f"SELECT count(*) FROM transits WHERE source_id IN ({new})",
+        "catalogue sources": "SELECT * FROM sources WHERE origin = 'catalogue' ORDER BY source_id",
+        "health events": "SELECT e.chunk_id, kind, severity, ccd_row, ccd_column, t_start_obt, value, detail"
+        " FROM health_events e JOIN current_chunks c USING (chunk_id, revision) ORDER BY 1, 2, 4, 5, 6",
+    }
+    results = []
+    for dsn in dsns.values():
+        with psycopg.connect(dsn) as conn:
+            got = {k: conn.execute(q).fetchall() for k, q in queries.items() if q}
+            got["intake"] = checksums(conn)
+            results.append(got)
+    a, b = results
+    assert len(a["catalogue transits"]) > 3000
+    for k in queries:
+        assert a[k] == b[k], k
