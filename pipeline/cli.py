@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     red.add_argument(
         "--workers", type=int, help="chunk revisions reduced in parallel (default: the core count)"
     )
+    red.add_argument(
+        "--flush", action="store_true", help="reduce every chunk now, complete or not (the end of a replay)"
+    )
     red.set_defaults(func=_cmd_reduce)
 
     vp = sub.add_parser(

@@ -79,3 +79,17 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_every_command_parses_its_documented_options():
+    from pipeline.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["reduce", "--dsn", "x", "--outbox", "o", "--workers", "2", "--flush"])
+    assert (a.dsn, a.outbox, a.workers, a.flush) == ("x", "o", 2, True)
+    a = p.parse_args(["--config", "c.yaml", "report", "health", "--date", "2016-08-01"])
+    assert (a.config, a.what, a.date) == ("c.yaml", "health", "2016-08-01")
+    a = p.parse_args(["ingest", "--watch", "landing", "--interval", "1"])
+    assert (a.watch, a.interval, a.files) == ("landing", 1.0, [])
+    a = p.parse_args(["run-day", "--date", "2016-08-02", "--scale", "0.002"])
+    assert (a.date, a.scale) == ("2016-08-02", 0.002)
