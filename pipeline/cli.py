@@ -210,14 +210,19 @@ def _cmd_run_day(args: argparse.Namespace) -> int:
     print(f"simulated {counts['transits']:,} transits in {counts['deliveries']} deliveries")
     files = pending_files(out / "passes")
     totals = {"ingested": 0, "duplicate": 0, "quarantined": 0}
+    seen: set[str] = set()
     with psycopg.connect(dsn, autocommit=True) as conn, progress_bar(not args.no_progress) as bar:
         task = bar.add_task("ingesting", total=len(files))
         for f in files:
             r = ingest_file(conn, f)
+            if r.outcome == "already_ingested":
+                seen.add(f.name)
             for k in totals:
                 totals[k] += getattr(r, k)
             bar.update(task, advance=1, description=f"ingesting {f.name}")
-    print(f"ingested {len(files)} files: " + ", ".join(f"{v:,} {k}" for k, v in totals.items()))
+    again = sum(1 for f in files if f.name in seen)
+    print(f"{len(files)} files: " + ", ".join(f"{v:,} packets {k}" for k, v in totals.items())
+          + (f" ({again} file(s) ingested before, skipped)" if again else ""))  # fmt: skip
     outbox = Path(args.workdir) / "outbox"
     done = _reduce(dsn, str(outbox))
     print(f"reduced {len(done)} chunk revision(s); products in {outbox}")

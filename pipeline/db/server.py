@@ -78,9 +78,16 @@ class LocalServer:
             shutil.chown(self.data / "postgresql.auto.conf", "postgres", "postgres")
         return self
 
+    def running(self) -> bool:
+        return (self.data / "PG_VERSION").exists() and not self._run("pg_ctl", "-D", str(self.data), "status",
+                                                                     check=False).returncode  # fmt: skip
+
     def start(self, timeout_s: float = 60.0) -> LocalServer:
+        """Start the server (creating it first if needed); a server that is already running is left as is."""
         if not (self.data / "PG_VERSION").exists():
             self.init()
+        elif self.running():
+            return self
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout_s)), "start"
         )
