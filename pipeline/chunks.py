@@ -83,6 +83,11 @@ def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2]
 
 
+def chunk_of(obt, chunk_s: float) -> np.ndarray:
+    """The chunk an on-board time belongs to: floor(obt / chunk_seconds) (the one definition)."""
+    return np.floor(np.asarray(obt, dtype=float) / chunk_s).astype(np.int64)
+
+
 def horizon(apid: np.ndarray, obt: np.ndarray) -> float:
     """On-board time up to which the downlink has delivered everything that was not lost."""
     low = (apid >= LOWEST_PRIORITY_APIDS[0]) & (apid <= LOWEST_PRIORITY_APIDS[1])
@@ -102,7 +107,7 @@ def gap_chunks(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray, chunk_s: floa
     bad = np.flatnonzero(same & (step != 1))
     out: dict[int, int] = {}
     for i in bad:
-        for c in range(int(obt[i] // chunk_s), int(obt[i + 1] // chunk_s) + 1):
+        for c in range(int(chunk_of(obt[i], chunk_s)), int(chunk_of(obt[i + 1], chunk_s)) + 1):
             out[c] = out.get(c, 0) + 1
     return out
 
@@ -116,18 +121,23 @@ def digest(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray) -> str:
 
 def chunk_states(conn: psycopg.Connection, flush: bool = False) -> list[ChunkState]:
     """The state of every chunk that has ingested packets (flush: every one is due, complete or not)."""
+    return _scan(conn, flush)[2]
+
+
+def _scan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, list[ChunkState]]:
+    """(chunk_seconds, horizon, chunk states) from one read of the ingested packets' keys."""
     cfg = settings(conn)
     chunk_s, lateness = float(cfg["chunk_seconds"]), float(cfg["lateness_seconds"])
     apid, seq, obt = _keys(conn)
     if not len(apid):
-        return []
+        return chunk_s, -np.inf, []
     h = horizon(apid, obt)
     gaps = gap_chunks(apid, seq, obt, chunk_s)
     current = {
         c: (r, d)
         for c, r, d in conn.execute("SELECT chunk_id, revision, input_digest FROM current_chunks").fetchall()
     }
-    chunk = np.floor(obt / chunk_s).astype(np.int64)
+    chunk = chunk_of(obt, chunk_s)
     order = np.argsort(chunk, kind="stable")
     bounds = np.flatnonzero(np.diff(chunk[order])) + 1
     ctx = np.flatnonzero(np.isin(apid, CONTEXT_APIDS))
@@ -145,7 +155,7 @@ def chunk_states(conn: psycopg.Connection, flush: bool = False) -> list[ChunkSta
             gaps=gaps.get(c, 0), complete=h >= end + END_MARGIN_S and not gaps.get(c, 0),
             deadline_passed=h >= end + lateness, current_revision=rev, current_digest=dig, flushed=flush,
         ))  # fmt: skip
-    return states
+    return chunk_s, h, states
 
 
 def chunk_packets(conn: psycopg.Connection, chunk_id: int, chunk_s: float) -> list[bytes]:
@@ -211,10 +221,8 @@ def _worker_reduce(st: ChunkState, chunk_s: float, h: float):
 
 
 def _plan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, list[ChunkState]]:
-    chunk_s = float(settings(conn)["chunk_seconds"])
-    apid, _, obt = _keys(conn)
-    h = horizon(apid, obt) if len(apid) else -np.inf
-    return chunk_s, h, [st for st in chunk_states(conn, flush) if st.due]
+    chunk_s, h, states = _scan(conn, flush)
+    return chunk_s, h, [st for st in states if st.due]
 
 
 def _reduce_one(

@@ -44,6 +44,7 @@ import numpy as np
 import yaml
 
 from pipeline import instrument as ins
+from pipeline.chunks import chunk_of
 from pipeline.mission_time import iso, mission_of_obt
 from pipeline.reduce.image_params import (
     FLAG_FAILED,
@@ -822,7 +823,7 @@ def split_by_chunk(packets: Mapping[str, Mapping], chunk_seconds: float = DEFAUL
     for kind, d in packets.items():
         if not d or not len(d.get("obt", [])):
             continue
-        cid = np.floor(np.asarray(d["obt"], dtype=float) / chunk_seconds).astype(np.int64)
+        cid = chunk_of(d["obt"], chunk_seconds)
         for c in np.unique(cid):
             m = cid == c
             chunks.setdefault(int(c), {})[kind] = {k: np.asarray(v)[m] for k, v in d.items()}

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import psycopg
 
+from pipeline.chunks import chunk_of
 from pipeline.db.migrate import settings
 from pipeline.telemetry.decode import decode_pass
 from pipeline.telemetry.passfile import read_pass
@@ -158,7 +158,7 @@ def _stage(conn: psycopg.Connection, data: bytes, chunk_s: float) -> int:
     p = decoded.packets
     conn.execute(_STAGE)
     buf = memoryview(data)
-    chunk = np.floor(p["obt"] / chunk_s).astype(np.int64)
+    chunk = chunk_of(p["obt"], chunk_s)
     with conn.cursor().copy(
         "COPY staged (byte_offset, length, apid, seq, obt, reason, chunk_id, packet) FROM STDIN"
     ) as copy:

@@ -186,7 +186,6 @@ class ChunkReducer:
         events, summary = monitor_chunk(
             chunk_id, hk, windows, tr, self.limits, previous=previous, chunk_seconds=chunk_s
         )
-        conn.execute("DELETE FROM health_events WHERE chunk_id = %s AND revision = %s", (chunk_id, revision))
         with conn.cursor().copy(
             "COPY health_events (chunk_id, revision, kind, severity, ccd_row, ccd_column, t_start_obt,"
             " t_end_obt, value, limit_value, detail) FROM STDIN"
