@@ -53,3 +53,10 @@ def faulty_day(tmp_path_factory) -> Path:
     simulate(out, SimConfig(start="2016-08-01", days=1.0, scale=0.0003, seed=11, progress=False,
                             faults=ALL_FAULTS, anomalies=ALL_ANOMALIES, downlink_margin=0.6))  # fmt: skip
     return out
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/infra checks a provisioned topology: collected only when given hosts (`make infra`)."""
+    if collection_path.name == "infra" and collection_path.parent == Path(__file__).parent:
+        return not config.getoption("hosts", None)
+    return None
