@@ -75,12 +75,23 @@ class ChunkState:
         return "complete" if self.complete else "deadline" if self.deadline_passed else "flush"
 
 
+# COPY BINARY tuple of (apid smallint, seq integer, obt double precision): field count, (length, value) each.
+_KEY_TUPLE = np.dtype([("nf", ">i2"), ("l0", ">i4"), ("apid", ">i2"), ("l1", ">i4"), ("seq", ">i4"),
+                       ("l2", ">i4"), ("obt", ">f8")])  # fmt: skip
+_COPY_HEADER_LEN = 19  # signature, flags, header extension length (0)
+
+
 def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = conn.execute("SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt").fetchall()
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    a = np.array(rows, dtype=float)
-    return a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2]
+    """(apid, seq, obt) of every ingested packet, sorted by (apid, obt): a binary COPY read with numpy."""
+    with conn.cursor().copy(
+        "COPY (SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt) TO STDOUT (FORMAT BINARY)"
+    ) as copy:
+        data = b"".join(bytes(b) for b in copy)
+    body = data[_COPY_HEADER_LEN:-2]  # without the header and the trailer (-1 as a field count)
+    rec = np.frombuffer(body, _KEY_TUPLE)
+    if len(body) % _KEY_TUPLE.itemsize or (rec["nf"] != 3).any() or (rec["l0"] != 2).any():
+        raise RuntimeError("raw_packets keys: unexpected COPY BINARY layout")  # never NULL: NOT NULL columns
+    return rec["apid"].astype(np.int64), rec["seq"].astype(np.int64), rec["obt"].astype(float)
 
 
 def chunk_of(obt, chunk_s: float) -> np.ndarray:
@@ -160,7 +171,7 @@ def _scan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, 
 
 def chunk_packets(conn: psycopg.Connection, chunk_id: int, chunk_s: float) -> list[bytes]:
     """A chunk's input: its ingested packets plus the context packets around it, in time order."""
-    rows = conn.execute(
+    rows = conn.cursor(binary=True).execute(  # binary: the packets' bytes as they are, not hex text
         "SELECT packet FROM raw_packets WHERE chunk_id = %(c)s"
         " OR (apid = ANY(%(ctx)s) AND obt >= %(lo)s AND obt < %(hi)s AND chunk_id <> %(c)s)"
         " ORDER BY obt, apid, seq",

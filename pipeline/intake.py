@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from pipeline.chunks import chunk_of
+from pipeline.db.load import COPY_HEADER, COPY_TRAILER, Column, copy_binary
 from pipeline.db.migrate import settings
 from pipeline.telemetry.decode import decode_pass
 from pipeline.telemetry.passfile import read_pass
@@ -43,11 +45,19 @@ class IntakeResult:
     checksum_ok: bool = True
 
 
+# The valid packets' keys, for the look-ups below (the rows themselves are copied to their tables directly).
 _STAGE = """
-CREATE TEMP TABLE staged (
-    byte_offset bigint, length integer, apid smallint, seq integer, obt double precision,
-    reason text, chunk_id bigint, packet bytea
-) ON COMMIT DROP
+CREATE TEMP TABLE staged (byte_offset bigint, apid smallint, seq integer, obt double precision) ON COMMIT DROP
+"""
+STAGE_COLUMNS = (Column("byte_offset", "bigint"), Column("apid", "smallint"), Column("seq", "integer"),
+                 Column("obt", "double precision"))  # fmt: skip
+
+# Ingested copies, from earlier files, of the keys the file holds: without any (a new pass), each key's
+# canonical copy is its first one in the file and nothing is demoted.
+_PRIOR = """
+SELECT count(*) FROM packet_ledger l
+WHERE l.status = 'ingested'
+  AND EXISTS (SELECT 1 FROM staged s WHERE (s.apid, s.seq, s.obt) = (l.apid, l.seq, l.obt))
 """
 
 _RESOLVE = """
@@ -55,11 +65,11 @@ CREATE TEMP TABLE best ON COMMIT DROP AS
 WITH cand AS (
     SELECT s.apid, s.seq, s.obt, %(file)s::text AS file_name, s.byte_offset,
            %(delivery)s::integer AS delivery, %(pass_id)s::text AS pass_id
-    FROM staged s WHERE s.reason IS NULL
+    FROM staged s
     UNION ALL
     SELECT l.apid, l.seq, l.obt, l.file_name, l.byte_offset, d.delivery, d.pass_id
     FROM packet_ledger l JOIN deliveries d USING (file_name)
-    JOIN (SELECT DISTINCT apid, seq, obt FROM staged WHERE reason IS NULL) k USING (apid, seq, obt)
+    JOIN (SELECT DISTINCT apid, seq, obt FROM staged) k USING (apid, seq, obt)
     WHERE l.status = 'ingested'
 )
 SELECT DISTINCT ON (apid, seq, obt) apid, seq, obt, file_name, byte_offset
@@ -73,26 +83,26 @@ WHERE l.status = 'ingested' AND (l.apid, l.seq, l.obt) = (b.apid, b.seq, b.obt)
   AND (l.file_name, l.byte_offset) <> (b.file_name, b.byte_offset)
 """
 
-_LEDGER = """
-INSERT INTO packet_ledger (file_name, byte_offset, length, apid, seq, obt, status, reason, chunk_id)
-SELECT %(file)s, s.byte_offset, s.length, s.apid, s.seq, s.obt,
-       CASE WHEN s.reason IS NOT NULL THEN 'quarantined'
-            WHEN b.file_name IS NOT NULL THEN 'ingested' ELSE 'duplicate' END,
-       s.reason, s.chunk_id
-FROM staged s LEFT JOIN best b ON b.file_name = %(file)s AND b.byte_offset = s.byte_offset
+# Copies of the file whose key raw_packets already holds (an earlier copy, now demoted, was ingested first):
+# raw_packets keeps that row, as INSERT ... ON CONFLICT DO NOTHING would.
+_IN_RAW = """
+SELECT s.byte_offset FROM staged s
+WHERE EXISTS (SELECT 1 FROM raw_packets r WHERE (r.apid, r.seq, r.obt) = (s.apid, s.seq, s.obt))
 """
 
-_QUARANTINE = """
-INSERT INTO quarantine (file_name, byte_offset, reason, apid, seq, bytes)
-SELECT %(file)s, byte_offset, reason, apid, seq, packet FROM staged WHERE reason IS NOT NULL
-"""
+LEDGER_COLUMNS = (
+    Column("file_name", "text"), Column("byte_offset", "bigint"), Column("length", "integer"),
+    Column("apid", "smallint", True), Column("seq", "integer", True), Column("obt", "double precision", True),
+    Column("status", "text"), Column("reason", "text", True), Column("chunk_id", "bigint", True),
+)  # fmt: skip
 
-_RAW = """
-INSERT INTO raw_packets (apid, seq, obt, chunk_id, packet)
-SELECT s.apid, s.seq, s.obt, s.chunk_id, s.packet
-FROM staged s JOIN best b ON b.file_name = %(file)s AND b.byte_offset = s.byte_offset
-ON CONFLICT (apid, seq, obt) DO NOTHING
-"""
+# COPY BINARY tuple of raw_packets without its packet bytes: field count, then (length, value) of apid,
+# seq, obt and chunk_id, then the length of the packet (bytea), whose bytes follow.
+_RAW_TUPLE = np.dtype([
+    ("nf", ">i2"), ("l0", ">i4"), ("apid", ">i2"), ("l1", ">i4"), ("seq", ">i4"), ("l2", ">i4"),
+    ("obt", ">f8"), ("l3", ">i4"), ("chunk_id", ">i8"), ("l4", ">i4"),
+])  # fmt: skip
+_RAW_BLOCK = 1 << 13  # rows per Copy.write
 
 
 def ingest_file(conn: psycopg.Connection, path: Path) -> IntakeResult:
@@ -130,13 +140,8 @@ def ingest_file(conn: psycopg.Connection, path: Path) -> IntakeResult:
         columns = ", ".join(row)
         values = ", ".join(f"%({k})s" for k in row)
         conn.execute(f"INSERT INTO deliveries ({columns}) VALUES ({values})", row)
-        counts = _stage(conn, data, chunk_s)
         params = {"file": path.name, "delivery": meta.delivery, "pass_id": meta.pass_id}
-        conn.execute(_RESOLVE, params)
-        conn.execute(_DEMOTE)
-        conn.execute(_LEDGER, params)
-        conn.execute(_QUARANTINE, params)
-        conn.execute(_RAW, params)
+        counts = _ingest_rows(conn, data, chunk_s, params)
         status = dict(
             conn.execute(
                 "SELECT status, count(*) FROM packet_ledger WHERE file_name = %s GROUP BY status",
@@ -152,25 +157,97 @@ def ingest_file(conn: psycopg.Connection, path: Path) -> IntakeResult:
     return res
 
 
-def _stage(conn: psycopg.Connection, data: bytes, chunk_s: float) -> int:
-    """Decode the file and COPY every packet and every problem into the staging table; return the rows."""
+def _ingest_rows(conn: psycopg.Connection, data: bytes, chunk_s: float, params: dict) -> int:
+    """Decode the file; write its ledger rows, quarantined bytes and canonical packets; return ledger rows.
+
+    The valid packets' keys go to a staging table for the two look-ups against earlier files (their
+    ingested copies of the same keys, and the keys raw_packets already holds); the ledger, quarantine and
+    raw_packets rows are then copied in directly (binary COPY) with the status decided here.
+    """
     decoded = decode_pass(data)
     p = decoded.packets
+    probs = decoded.problems
+    offset = p["offset"].astype(np.int64)
+    apid, seq, obt = p["apid"].astype(np.int16), p["seq"].astype(np.int32), p["obt"].astype(float)
     conn.execute(_STAGE)
+    copy_binary(conn, "staged", STAGE_COLUMNS, {"byte_offset": offset, "apid": apid, "seq": seq, "obt": obt})
+    conn.execute("ANALYZE staged")
+    if conn.execute(_PRIOR).fetchone()[0] == 0:
+        # a new pass: every key's canonical copy is its first in the file (same delivery and pass id)
+        order = np.lexsort((offset, obt, seq, apid))
+        first = np.ones(len(order), bool)
+        k = (apid[order], seq[order], obt[order])
+        first[1:] = (k[0][1:] != k[0][:-1]) | (k[1][1:] != k[1][:-1]) | (k[2][1:] != k[2][:-1])
+        best = np.zeros(len(order), bool)
+        best[order[first]] = True
+    else:  # copies of these keys were ingested before: the canonical one may be there, or here
+        conn.execute(_RESOLVE, params)
+        conn.execute(_DEMOTE)
+        rows = conn.execute("SELECT byte_offset FROM best WHERE file_name = %(file)s", params).fetchall()
+        best = np.isin(offset, np.array([r[0] for r in rows], dtype=np.int64))
+    in_raw = [r[0] for r in conn.execute(_IN_RAW).fetchall()]
+    new_raw = best & ~np.isin(offset, np.array(in_raw, dtype=np.int64))
+    chunk = chunk_of(obt, chunk_s)
+
+    # the ledger: every packet copy, then every problem
+    n, m = len(p), len(probs)
+    name = np.full(n + m, params["file"].encode(), dtype=f"S{max(len(params['file'].encode()), 1)}")
+    none = np.zeros(n, bool)
+    ledger = {
+        "file_name": name,
+        "byte_offset": np.r_[offset, [q.offset for q in probs]].astype(np.int64),
+        "length": np.r_[p["length"], [q.length for q in probs]].astype(np.int32),
+        "apid": _nullable([*apid.tolist(), *(q.apid for q in probs)], np.int16),
+        "seq": _nullable([*seq.tolist(), *(q.seq for q in probs)], np.int32),
+        "obt": np.r_[obt, np.full(m, np.nan)],
+        "status": np.r_[np.where(best, b"ingested", b"duplicate"), np.full(m, b"quarantined")].astype("S11"),
+        "reason": np.ma.MaskedArray(
+            np.array([b""] * n + [q.reason.encode() for q in probs], dtype=bytes),
+            np.r_[~none, np.zeros(m, bool)],
+        ),
+        "chunk_id": np.ma.MaskedArray(np.r_[chunk, np.zeros(m, np.int64)], np.r_[none, np.ones(m, bool)]),
+    }
+    copy_binary(conn, "packet_ledger", LEDGER_COLUMNS, ledger)
+    if probs:
+        buf = memoryview(data)
+        with conn.cursor().copy(
+            "COPY quarantine (file_name, byte_offset, reason, apid, seq, bytes) FROM STDIN"
+        ) as copy:
+            for q in probs:
+                copy.write_row((params["file"], q.offset, q.reason, q.apid, q.seq,
+                                buf[q.offset : q.offset + q.length]))  # fmt: skip
+    idx = np.flatnonzero(new_raw)
+    _copy_raw(conn, data, offset[idx], p["length"][idx].astype(np.int64), apid[idx], seq[idx], obt[idx],
+              chunk[idx])  # fmt: skip
+    return n + m
+
+
+def _nullable(values: list, dtype) -> np.ma.MaskedArray:
+    null = np.array([v is None for v in values], dtype=bool)
+    return np.ma.MaskedArray(np.array([0 if v is None else v for v in values], dtype=dtype), null)
+
+
+def _copy_raw(conn, data: bytes, offset, length, apid, seq, obt, chunk) -> None:
+    """Binary COPY of packets (their bytes from data at offset, length) into raw_packets."""
+    rec = np.zeros(len(offset), _RAW_TUPLE)
+    rec["nf"] = 5
+    rec["l0"], rec["l1"], rec["l2"], rec["l3"] = 2, 4, 8, 8
+    rec["apid"], rec["seq"], rec["obt"], rec["chunk_id"], rec["l4"] = apid, seq, obt, chunk, length
+    head = memoryview(rec.view(np.uint8))
+    size = _RAW_TUPLE.itemsize
     buf = memoryview(data)
-    chunk = chunk_of(p["obt"], chunk_s)
     with conn.cursor().copy(
-        "COPY staged (byte_offset, length, apid, seq, obt, reason, chunk_id, packet) FROM STDIN"
+        "COPY raw_packets (apid, seq, obt, chunk_id, packet) FROM STDIN (FORMAT BINARY)"
     ) as copy:
-        for off, ln, apid, seq, obt, ch in zip(
-            p["offset"].tolist(), p["length"].tolist(), p["apid"].tolist(), p["seq"].tolist(),
-            p["obt"].tolist(), chunk.tolist(), strict=True,
-        ):  # fmt: skip
-            copy.write_row((off, ln, apid, seq, obt, None, ch, buf[off : off + ln]))
-        for prob in decoded.problems:
-            copy.write_row((prob.offset, prob.length, prob.apid, prob.seq, None, prob.reason, None,
-                            buf[prob.offset : prob.offset + prob.length]))  # fmt: skip
-    return len(p) + len(decoded.problems)
+        copy.write(COPY_HEADER)
+        offs, lens = offset.tolist(), length.tolist()
+        for a in range(0, len(offs), _RAW_BLOCK):
+            parts = []
+            for i in range(a, min(a + _RAW_BLOCK, len(offs))):
+                parts.append(head[i * size : (i + 1) * size])
+                parts.append(buf[offs[i] : offs[i] + lens[i]])
+            copy.write(b"".join(parts))
+        copy.write(COPY_TRAILER)
 
 
 def _log(conn, file_name: str, started: datetime, outcome: str, detail: str | None) -> None:

@@ -154,3 +154,25 @@ def test_a_killed_ingest_resumes_without_loss_or_duplicates(faulty_day, ingested
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     with psycopg.connect(dsn) as conn:
         assert checksums(conn) == reference
+
+
+def test_ledger_rows_must_name_a_delivery(faulty_day, new_db):
+    # checked once per statement (migration 0006), in both directions, as the foreign key it replaced
+    files = _files(faulty_day)
+    with psycopg.connect(new_db(), autocommit=True) as conn:
+        ingest_file(conn, files[0])
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match=r"nope\.tm"):
+            conn.execute(
+                "INSERT INTO packet_ledger (file_name, byte_offset, length, status)"
+                " VALUES ('nope.tm', 0, 1, 'duplicate')"
+            )
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("DELETE FROM deliveries WHERE file_name = %s", (files[0].name,))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute(
+                "UPDATE deliveries SET file_name = 'renamed.tm' WHERE file_name = %s", (files[0].name,)
+            )
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            conn.execute("UPDATE packet_ledger SET file_name = 'nope.tm' WHERE byte_offset = 0")
+        conn.execute("UPDATE deliveries SET station = station")  # names unchanged: allowed
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 1

@@ -32,9 +32,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.special import ndtr
 
 from pipeline import instrument as ins
-from pipeline.lsf import lsf_derivative_x0, lsf_fractions
+from pipeline.lsf import lsf_fractions
 
 # --- constants ----------------------------------------------------------------------------------------------
 MAX_SAMPLES = ins.WINDOW_SAMPLES_BRIGHT
@@ -59,6 +60,7 @@ FLAG_NO_GOOD_WINDOWS = 256
 BAD_WINDOW = FLAG_FAILED | FLAG_UNUSED  # windows never used for the transit flux
 
 _LN10_2P5 = 2.5 / np.log(10.0)
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
 # --- input checks -------------------------------------------------------------------------------------------
@@ -98,25 +100,25 @@ def _check_inputs(samples_adu, n_samples, bias_adu, gate, lsf_sigma):
 
 
 # --- model pieces -------------------------------------------------------------------------------------------
-def _lsf_sigma_derivative(x0: np.ndarray, sigma: np.ndarray, n_samples: int) -> np.ndarray:
-    """d L_j / d sigma for the LSF of pipeline.lsf: -(u phi(u))|_{j}^{j+1} / sigma, u = (edge - x0)/sigma."""
-    u = (np.arange(n_samples + 1, dtype=float) - x0[:, None]) / sigma[:, None]
-    upd = u * np.exp(-0.5 * u * u) / np.sqrt(2.0 * np.pi)
-    return -np.diff(upd, axis=-1) / sigma[:, None]
-
-
 def _design(theta: np.ndarray, sigma: np.ndarray | None, width: int = MAX_SAMPLES) -> tuple[np.ndarray, list]:
     """Model mean mu (m, width) and the Jacobian columns dmu/dtheta_p for theta = (F_g, x0, b[, sigma]).
 
-    The background column is the constant 1 and is returned as None (the sums below use that).
+    The background column is the constant 1 and is returned as None (the sums below use that). One pass
+    over u = (edge - x0)/sigma: L = lsf_fractions, dL/dx0 = -[phi(u)]_j^{j+1}/sigma (lsf_derivative_x0),
+    dL/dsigma = -[u phi(u)]_j^{j+1}/sigma.
     """
     free_sigma = sigma is None
     f, x0, b = theta[:, 0], theta[:, 1], theta[:, 2]
     s = theta[:, 3] if free_sigma else sigma
-    lsf = lsf_fractions(x0, s, width)
-    cols = [lsf, f[:, None] * lsf_derivative_x0(x0, s, width), None]
+    u = (np.arange(width + 1, dtype=float) - x0[:, None]) / s[:, None]
+    cdf = ndtr(u)
+    lsf = cdf[:, 1:] - cdf[:, :-1]
+    g = np.exp(-0.5 * u * u)
+    c = (f * _INV_SQRT_2PI / s)[:, None]
+    cols = [lsf, c * (g[:, :-1] - g[:, 1:]), None]
     if free_sigma:
-        cols.append(f[:, None] * _lsf_sigma_derivative(x0, s, width))
+        ug = u * g
+        cols.append(c * (ug[:, :-1] - ug[:, 1:]))
     return f[:, None] * lsf + b[:, None], cols
 
 
@@ -156,17 +158,22 @@ def _inv_sym(a: np.ndarray) -> np.ndarray:
     """Inverse of symmetric positive-definite matrices (m, P, P): closed form (cofactors) for P = 3."""
     if a.shape[-1] != 3:
         return np.linalg.inv(a)
-    a00, a01, a02 = a[:, 0, 0], a[:, 0, 1], a[:, 0, 2]
-    a11, a12, a22 = a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+    c00, c01, c02, c11, c12, c22, det = _cofactors3(
+        a[:, 0, 0], a[:, 0, 1], a[:, 0, 2], a[:, 1, 1], a[:, 1, 2], a[:, 2, 2]
+    )
+    inv = np.stack([c00, c01, c02, c01, c11, c12, c02, c12, c22], axis=1).reshape(-1, 3, 3)
+    return inv / det[:, None, None]
+
+
+def _cofactors3(a00, a01, a02, a11, a12, a22):
+    """Cofactors (c00, c01, c02, c11, c12, c22) and determinant of symmetric 3x3 matrices, element-wise."""
     c00 = a11 * a22 - a12 * a12
     c01 = a02 * a12 - a01 * a22
     c02 = a01 * a12 - a02 * a11
     c11 = a00 * a22 - a02 * a02
     c12 = a01 * a02 - a00 * a12
     c22 = a00 * a11 - a01 * a01
-    det = a00 * c00 + a01 * c01 + a02 * c02
-    inv = np.stack([c00, c01, c02, c01, c11, c12, c02, c12, c22], axis=1).reshape(-1, 3, 3)
-    return inv / det[:, None, None]
+    return c00, c01, c02, c11, c12, c22, a00 * c00 + a01 * c01 + a02 * c02
 
 
 def _covariance(h: np.ndarray) -> np.ndarray:
@@ -219,14 +226,18 @@ def _scoring(d, valid, theta, sigma, max_iter=MAX_ITER, tol=CONVERGENCE_TOL):
     return converged, n_iter
 
 
-def _prepare(samples, ns, bias, sigma):
-    """Flatten to windows: data (e-), masks, start values. Returns a dict over N = n*9 windows."""
+def _prepare(samples, ns, bias, sigma, rows=None):
+    """Flatten to windows: data (e-), masks, start values. Returns a dict over the N = n*9 windows, or over
+    the windows ROWS (indices into them) only."""
     n = samples.shape[0]
     adu = samples.reshape(n * ins.N_AF, MAX_SAMPLES)
     nsw = np.repeat(ns, ins.N_AF)
+    bias_w = bias.reshape(-1)
+    sigma = sigma.reshape(-1)
+    if rows is not None:
+        adu, nsw, bias_w, sigma = adu[rows], nsw[rows], bias_w[rows], sigma[rows]
     in_window = np.arange(MAX_SAMPLES) < nsw[:, None]
     present = (in_window & (adu != 0)).any(axis=1)
-    bias_w = bias.reshape(-1)
     saturated = present & (in_window & (adu >= ins.ADC_MAX)).any(axis=1)
     valid = in_window & (adu > 0) & (adu < ins.ADC_MAX) & np.isfinite(bias_w)[:, None] & present[:, None]
     d = np.where(in_window & np.isfinite(bias_w)[:, None], (adu - bias_w[:, None]) * ins.GAIN_E_PER_ADU, 0.0)
@@ -238,17 +249,27 @@ def _prepare(samples, ns, bias, sigma):
         "present": present,
         "saturated": saturated,
         "ns": nsw,
-        "sigma": sigma.reshape(-1),
+        "sigma": sigma,
     }
 
 
-def _moments_start(d, in_window, valid, ns, sigma):
-    """Robust start (F_g, x0, b): edge median, peak-box centroid, then the linear flux for that centroid."""
+def _nanmedian4(v: np.ndarray) -> np.ndarray:
+    """np.nanmedian of the rows of v (m, 4), 0 where a row is all NaN (a sort of 4 values, not np.nanmedian's
+    masked-array path)."""
+    s = np.sort(v, axis=1)  # NaN last
+    k = (~np.isnan(v)).sum(axis=1)
+    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+    hi = np.take_along_axis(s, np.minimum(k // 2, 3)[:, None], axis=1)[:, 0]
+    return np.where(k > 0, (lo + hi) / 2, 0.0)
+
+
+def _moments_start(d, in_window, valid, ns, sigma, with_slope=False):
+    """Robust start (F_g, x0, b): edge median, peak-box centroid, then the linear flux for that centroid.
+    with_slope: also return (L, E) = _lsf_slope at the start (the first scoring iteration evaluates there)."""
     m, width = d.shape
     rows = np.arange(m)[:, None]
     edge_idx = np.stack([np.zeros(m, np.int64), np.ones(m, np.int64), ns - 2, ns - 1], axis=1)
-    edge = np.where(valid[rows, edge_idx], d[rows, edge_idx], np.nan)
-    b0 = np.nanmedian(np.where(np.isnan(edge).all(axis=1)[:, None], 0.0, edge), axis=1)
+    b0 = _nanmedian4(np.where(valid[rows, edge_idx], d[rows, edge_idx], np.nan))
     # centroid: saturated samples keep their clipped (large) values, which locate the image well enough
     dp = np.where(in_window, d - b0[:, None], 0.0)
     box = dp[:, :-2] + dp[:, 1:-1] + dp[:, 2:]
@@ -259,11 +280,129 @@ def _moments_start(d, in_window, valid, ns, sigma):
     wgt = np.where(band, np.maximum(dp, 0.0), 0.0)
     sw = wgt.sum(axis=1)
     x0 = np.where(sw > 0, (wgt * (j + 0.5)).sum(axis=1) / np.where(sw > 0, sw, 1.0), ns / 2.0)
-    lsf = lsf_fractions(x0, sigma, width) * valid
+    lsf_slope = _lsf_slope(x0, sigma, width) if with_slope else None
+    lsf = (lsf_fractions(x0, sigma, width) if lsf_slope is None else lsf_slope[0]) * valid
     den = (lsf * lsf).sum(axis=1)
     f0 = np.where(den > 0, (lsf * (d - b0[:, None]) * valid).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
     floor = np.sqrt(np.maximum(valid.sum(axis=1), 1) * (np.maximum(b0, 0.0) + READOUT_VARIANCE_E2))
-    return np.stack([np.maximum(f0, floor), x0, b0], axis=1)
+    theta = np.stack([np.maximum(f0, floor), x0, b0], axis=1)
+    return (theta, lsf_slope) if with_slope else theta
+
+
+# --- the 3-parameter fit, streamlined -----------------------------------------------------------------------
+# fit_windows, cramer_rao and combine_transit work with the Fisher matrix of theta = (F_g, x0, b) as its six
+# distinct entries, each an (m,) array, rather than (m, 3, 3) arrays: the same sums and the same normalised
+# closed-form inverse as _fisher/_covariance, without the strided 3 x 3 bookkeeping. The fit runs over blocks
+# of BLOCK_WINDOWS windows so that its (block, samples) arrays stay in the CPU cache between the operations.
+BLOCK_WINDOWS = 4096
+
+
+def _lsf_slope(x0: np.ndarray, sigma: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L, E), (m, width): L = lsf_fractions(x0, sigma, width) and E = exp(-u_j^2/2) - exp(-u_{j+1}^2/2),
+    u = (edge - x0)/sigma, so that dL/dx0 = E / (sqrt(2 pi) sigma) (lsf_derivative_x0); one pass over u."""
+    u = (np.arange(width + 1, dtype=float) - x0[:, None]) / sigma[:, None]
+    cdf = ndtr(u)
+    lsf = cdf[:, 1:] - cdf[:, :-1]
+    np.square(u, out=u)
+    u *= -0.5
+    np.exp(u, out=u)
+    return lsf, u[:, :-1] - u[:, 1:]
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("mj,mj->m", a, b)
+
+
+def _rowsum(a: np.ndarray) -> np.ndarray:
+    return np.einsum("mj->m", a)
+
+
+def _info3(w: np.ndarray, lsf: np.ndarray, slope: np.ndarray, k: np.ndarray) -> list[np.ndarray]:
+    """Fisher entries [h00, h01, h02, h11, h12, h22] of (F_g, x0, b), weights w (m, n): dmu/dF_g = L,
+    dmu/dx0 = k E, dmu/db = 1."""
+    wl, we = w * lsf, w * slope
+    h00, h01, h02 = _rowdot(wl, lsf), k * _rowdot(wl, slope), _rowsum(wl)
+    return [h00, h01, h02, k * k * _rowdot(we, slope), k * _rowsum(we), _rowsum(w)]
+
+
+def _inv3_normalised(h: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """_normalised then _inv_sym of the entries [h00, h01, h02, h11, h12, h22]: returns the entries of the
+    inverse of the unit-diagonal matrix (same order) and the scales dg (the covariance is inv / (dg dg))."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        dg = []
+        for hii in (h[0], h[3], h[5]):
+            s = np.sqrt(hii)
+            dg.append(np.where(np.isfinite(s) & (s > 0), s, 1.0))
+        a = [h[0] / (dg[0] * dg[0]), h[1] / (dg[0] * dg[1]), h[2] / (dg[0] * dg[2]),
+             h[3] / (dg[1] * dg[1]), h[4] / (dg[1] * dg[2]), h[5] / (dg[2] * dg[2])]  # fmt: skip
+        a00, a01, a02, a11, a12, a22 = (np.where(np.isfinite(x), x, 0.0) for x in a)
+        a00, a11, a22 = a00 + 1e-9, a11 + 1e-9, a22 + 1e-9
+        c00, c01, c02, c11, c12, c22, det = _cofactors3(a00, a01, a02, a11, a12, a22)
+        return [c00 / det, c01 / det, c02 / det, c11 / det, c12 / det, c22 / det], dg
+
+
+def _errors3(h: list[np.ndarray]) -> np.ndarray:
+    """sqrt(diag I^-1) -> (m, 3), as np.sqrt(np.einsum("mpp->mp", _covariance(h)))."""
+    inv, dg = _inv3_normalised(h)
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.stack([inv[0] / (dg[0] * dg[0]), inv[3] / (dg[1] * dg[1]),
+                                 inv[5] / (dg[2] * dg[2])], axis=1))  # fmt: skip
+
+
+def _fit_block(d, valid, in_window, ns, sigma, max_iter=MAX_ITER, tol=CONVERGENCE_TOL):
+    """Fit windows of one width (d, valid, in_window (m, width); ns, sigma (m,)): moment start, Fisher
+    scoring of the shifted-Poisson likelihood (the steps, limits and convergence test of _scoring), then the
+    errors and chi2 at the solution.
+
+    Returns theta (m, 3), converged, n_iter, err (m, 3), chi2 and (L, E) at the solution (for the CRB)."""
+    m, width = d.shape
+    theta, lsf_slope = _moments_start(d, in_window, valid, ns, sigma, with_slope=True)
+    vf = valid.astype(float)
+    converged = np.zeros(m, bool)
+    n_iter = np.zeros(m, np.int64)
+    act = np.arange(m)
+    th, da, va, sa = theta.copy(), d, vf, sigma  # the unconverged windows, compacted as they converge
+    for _ in range(max_iter):
+        if act.size == 0:
+            break
+        f, x0, b = th[:, 0], th[:, 1], th[:, 2]
+        lsf, slope = _lsf_slope(x0, sa, width) if lsf_slope is None else lsf_slope  # first: at the start
+        lsf_slope = None
+        k = f * _INV_SQRT_2PI / sa  # dmu/dx0 = k E
+        mu = f[:, None] * lsf + b[:, None]
+        w = va / _variance(mu)
+        wr = w * (da - mu)
+        h = _info3(w, lsf, slope, k)
+        inv, dg = _inv3_normalised(h)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            g0, g1, g2 = _rowdot(wr, lsf) / dg[0], k * _rowdot(wr, slope) / dg[1], _rowsum(wr) / dg[2]
+            s0 = inv[0] * g0 + inv[1] * g1 + inv[2] * g2
+            s1 = inv[1] * g0 + inv[3] * g1 + inv[4] * g2
+            s2 = inv[2] * g0 + inv[4] * g1 + inv[5] * g2
+            e0, e1, e2 = np.sqrt(inv[0]), np.sqrt(inv[3]), np.sqrt(inv[5])  # errors in normalised units
+            small = (np.abs(s0) <= tol * e0) & (np.abs(s1) <= tol * e1) & (np.abs(s2) <= tol * e2)
+            s0, s1, s2 = s0 / dg[0], s1 / dg[1], s2 / dg[2]
+            # step limits: as _scoring (the flux falls by at most 70% unless within 3 sigma of zero, the
+            # centroid moves by at most MAX_X0_STEP, the background keeps V_j positive)
+            f_floor = np.maximum(0.7 * np.abs(f), 3.0 * e0 / dg[0])
+            s0 = np.clip(s0, -f_floor, 3.0 * np.abs(f) + 100.0)
+            s1 = np.clip(s1, -MAX_X0_STEP, MAX_X0_STEP)
+        th = np.stack([f + s0, np.clip(x0 + s1, -2.0, width + 2.0),
+                       np.maximum(b + s2, -0.8 * READOUT_VARIANCE_E2)], axis=1)  # fmt: skip
+        theta[act] = th
+        n_iter[act] += 1
+        if small.any():
+            converged[act[small]] = True
+            keep = ~small
+            act, th, da, va, sa = act[keep], th[keep], da[keep], va[keep], sa[keep]
+    f, x0, b = theta[:, 0], theta[:, 1], theta[:, 2]
+    lsf, slope = _lsf_slope(x0, sigma, width)
+    mu = f[:, None] * lsf + b[:, None]
+    w = vf / _variance(mu)
+    err = _errors3(_info3(w, lsf, slope, f * _INV_SQRT_2PI / sigma))
+    dof = np.maximum(vf.sum(axis=1) - 3, 1)
+    chi2 = _rowdot(w, (d - mu) ** 2) / dof
+    return theta, converged, n_iter, err, chi2, (lsf, slope)
 
 
 # --- public API ---------------------------------------------------------------------------------------------
@@ -279,6 +418,12 @@ def fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma=ins.NOMINAL_LS
     inputs combine_transit needs: gate (n,), n_samples (n,), lsf_sigma (n, 9). Values are NaN for unused
     windows and windows with too few samples; other failed fits keep their last values.
     """
+    return _fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma)[0]
+
+
+def _fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma) -> tuple[dict, dict]:
+    """fit_windows, and {width: (window indices, L, E)}: the LSF and its slope at each fitted window's
+    solution (_lsf_slope), which the transit weights of combine_transit reuse."""
     samples, ns, bias, g, sigma = _check_inputs(samples_adu, n_samples, bias_adu, gate, lsf_sigma)
     n = samples.shape[0]
     p = _prepare(samples, ns, bias, sigma)
@@ -287,23 +432,26 @@ def fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma=ins.NOMINAL_LS
     todo = np.flatnonzero(p["present"] & enough)
 
     theta = np.full((nw, 3), np.nan)
-    cov = np.full((nw, 3, 3), np.nan)
+    err = np.full((nw, 3), np.nan)
     chi2 = np.full(nw, np.nan)
     converged = np.zeros(nw, bool)
     n_iter = np.zeros(nw, np.int64)
+    lsf_at_fit = {}
     for width in (ins.WINDOW_SAMPLES_FAINT, ins.WINDOW_SAMPLES_BRIGHT):  # each length at its own width
         sel = todo[p["ns"][todo] == width]
         if not sel.size:
             continue
-        d, valid, sig = p["d"][sel, :width], p["valid"][sel, :width].astype(float), p["sigma"][sel]
-        th = _moments_start(d, p["in_window"][sel, :width], p["valid"][sel, :width], p["ns"][sel], sig)
-        conv, it = _scoring(d, valid, th, sig)
-        mu, cols = _design(th, sig, width)
-        w = valid / _variance(mu)
-        cov[sel] = _covariance(_fisher(cols, w))
-        dof = np.maximum(valid.sum(axis=1) - 3, 1)
-        chi2[sel] = (w * (d - mu) ** 2).sum(axis=1) / dof
-        theta[sel], converged[sel], n_iter[sel] = th, conv, it
+        lsf = np.empty((sel.size, width))
+        slope = np.empty((sel.size, width))
+        for a in range(0, sel.size, BLOCK_WINDOWS):
+            blk = sel[a : a + BLOCK_WINDOWS]
+            part = slice(a, a + blk.size)
+            th, conv, it, e, c2, (lsf[part], slope[part]) = _fit_block(
+                p["d"][blk, :width], p["valid"][blk, :width], p["in_window"][blk, :width], p["ns"][blk],
+                p["sigma"][blk],
+            )  # fmt: skip
+            theta[blk], converged[blk], n_iter[blk], err[blk], chi2[blk] = th, conv, it, e, c2
+        lsf_at_fit[width] = (sel, lsf, slope)
 
     flags = np.zeros(nw, np.int64)
     flags |= np.where(p["saturated"], FLAG_SATURATED, 0)
@@ -321,9 +469,8 @@ def fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma=ins.NOMINAL_LS
     flags |= reasons | np.where(reasons != 0, FLAG_FAILED, 0)
 
     scale = np.repeat(2.0 ** g.astype(float), ins.N_AF)
-    err = np.sqrt(np.einsum("mpp->mp", cov))
     shape = (n, ins.N_AF)
-    return {
+    fit = {
         "flux": (theta[:, 0] * scale).reshape(shape),
         "flux_err": (err[:, 0] * scale).reshape(shape),
         "x0": x0.reshape(shape),
@@ -338,6 +485,7 @@ def fit_windows(samples_adu, n_samples, bias_adu, gate, lsf_sigma=ins.NOMINAL_LS
         "n_samples": ns,
         "lsf_sigma": sigma,
     }
+    return fit, lsf_at_fit
 
 
 def cramer_rao(flux, x0, background, lsf_sigma, n_samples, gate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -356,10 +504,11 @@ def cramer_rao(flux, x0, background, lsf_sigma, n_samples, gate) -> tuple[np.nda
     ns = np.broadcast_to(ns, shape).reshape(-1).astype(float)
     scale = 2.0 ** np.broadcast_to(g, shape).reshape(-1).astype(float)
     ok = np.isfinite(f + x + b + s + ns + scale) & (s > 0)
-    theta = np.stack([np.where(ok, f / scale, 1.0), np.where(ok, x, 0.0), np.where(ok, b, 0.0)], axis=1)
-    mu, cols = _design(theta, np.where(ok, s, 1.0))
-    w = (np.arange(MAX_SAMPLES) < ns[:, None]) / _variance(mu)
-    err = np.sqrt(np.einsum("mpp->mp", _covariance(_fisher(cols, w))))
+    fg, x, b, s = (np.where(ok, f / scale, 1.0), np.where(ok, x, 0.0), np.where(ok, b, 0.0),
+                   np.where(ok, s, 1.0))  # fmt: skip
+    lsf, slope = _lsf_slope(x, s, MAX_SAMPLES)
+    w = (np.arange(MAX_SAMPLES) < ns[:, None]) / _variance(fg[:, None] * lsf + b[:, None])
+    err = _errors3(_info3(w, lsf, slope, fg * _INV_SQRT_2PI / s))
     err[~ok] = np.nan
     return (
         (err[:, 0] * scale).reshape(shape),
@@ -396,8 +545,8 @@ def estimate_lsf_width(
     sigma_err = np.full(n * ins.N_AF, np.nan)
     used = np.zeros(n * ins.N_AF, bool)
     if cand.size:
-        p = _prepare(samples, ns, bias, np.broadcast_to(float(sigma_start), (n, ins.N_AF)))
-        d, valid = p["d"][cand], p["valid"][cand].astype(float)
+        p = _prepare(samples, ns, bias, np.broadcast_to(float(sigma_start), (n, ins.N_AF)), rows=cand)
+        d, valid = p["d"], p["valid"].astype(float)
         th = np.stack(
             [
                 f_rec.reshape(-1)[cand],
@@ -447,6 +596,11 @@ def combine_transit(fit: dict, obt_af1=None, al_offset=None) -> dict:
     obt_window (n, 9) = obt_af1 + (k-1) CCD_CROSSING_S + (al_offset + x0) TDI_PERIOD_S, and obt_mean (n,),
     the mean over the good windows.
     """
+    return _combine_transit(fit, obt_af1, al_offset)
+
+
+def _combine_transit(fit: dict, obt_af1=None, al_offset=None, lsf_at_fit: dict | None = None) -> dict:
+    """combine_transit; lsf_at_fit: the LSF at the fitted windows (_fit_windows) for the weights."""
     flux = np.asarray(fit["flux"], dtype=float)
     flags = np.asarray(fit["flags"], dtype=np.int64)
     n = flux.shape[0]
@@ -459,15 +613,18 @@ def combine_transit(fit: dict, obt_af1=None, al_offset=None) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: transits without good windows
         f_med = np.nanmedian(np.where(good, flux, np.nan), axis=1)
         b_med = np.nanmedian(np.where(good, fit["background"], np.nan), axis=1)
-    x0 = np.where(good, fit["x0"], 0.0)
-    sig_f, _, _ = cramer_rao(
-        np.where(any_good, f_med, 1.0)[:, None],
-        x0,
-        np.where(any_good, b_med, 0.0)[:, None],
-        fit["lsf_sigma"],
-        np.asarray(fit["n_samples"])[:, None],
-        np.asarray(fit["gate"])[:, None],
-    )
+    f_med, b_med = np.where(any_good, f_med, 1.0), np.where(any_good, b_med, 0.0)
+    if lsf_at_fit is None:
+        sig_f, _, _ = cramer_rao(
+            f_med[:, None],
+            np.where(good, fit["x0"], 0.0),
+            b_med[:, None],
+            fit["lsf_sigma"],
+            np.asarray(fit["n_samples"])[:, None],
+            np.asarray(fit["gate"])[:, None],
+        )
+    else:
+        sig_f = _flux_crb_at_fit(fit, good, f_med, b_med, lsf_at_fit)
     w = np.where(good & np.isfinite(sig_f) & (sig_f > 0), 1.0 / np.where(sig_f > 0, sig_f, 1.0) ** 2, 0.0)
     sw = w.sum(axis=1)
     ok = sw > 0
@@ -503,6 +660,33 @@ def combine_transit(fit: dict, obt_af1=None, al_offset=None) -> dict:
     return out
 
 
+def _flux_crb_at_fit(fit: dict, good: np.ndarray, f_med: np.ndarray, b_med: np.ndarray, lsf_at_fit: dict):
+    """The flux CRB of cramer_rao(f_med, x0, b_med, lsf_sigma, n_samples, gate) at the good windows (NaN
+    elsewhere), from the LSF and its slope the fit left at each window's x0 (the same L and E as
+    cramer_rao computes there: the same x0, sigma and edges)."""
+    n = good.shape[0]
+    good = good.reshape(-1)
+    scale = np.repeat(2.0 ** np.asarray(fit["gate"]).astype(float), ins.N_AF)
+    fg = np.repeat(f_med, ins.N_AF) / scale
+    b = np.repeat(b_med, ins.N_AF)
+    sigma = np.asarray(fit["lsf_sigma"], dtype=float).reshape(-1)
+    sig_f = np.full(n * ins.N_AF, np.nan)
+    done = np.zeros(n * ins.N_AF, bool)
+    for sel, lsf, slope in lsf_at_fit.values():  # every fitted window (most are good), then keep the good
+        w = 1.0 / _variance(fg[sel, None] * lsf + b[sel, None])
+        crb = _errors3(_info3(w, lsf, slope, fg[sel] * _INV_SQRT_2PI / sigma[sel]))[:, 0] * scale[sel]
+        idx = sel[good[sel]]
+        sig_f[idx] = crb[good[sel]]
+        done[idx] = True
+    rest = np.flatnonzero(good & ~done)  # none when lsf_at_fit comes from the same fit
+    if rest.size:
+        x0 = np.asarray(fit["x0"], dtype=float).reshape(-1)[rest]
+        ns = np.repeat(np.asarray(fit["n_samples"]), ins.N_AF)[rest]
+        gate = np.repeat(np.asarray(fit["gate"]), ins.N_AF)[rest]
+        sig_f[rest] = cramer_rao(fg[rest] * scale[rest], x0, b[rest], sigma[rest], ns, gate)[0]
+    return sig_f.reshape(n, ins.N_AF)
+
+
 def image_parameters(star: dict, bias_adu, lsf_sigma=ins.NOMINAL_LSF_SIGMA_PX) -> dict:
     """Window and transit image parameters of decoded star packets (decode_pass(data).star).
 
@@ -510,8 +694,8 @@ def image_parameters(star: dict, bias_adu, lsf_sigma=ins.NOMINAL_LSF_SIGMA_PX) -
     Returns {"windows": fit_windows(...), "transits": combine_transit(...)} (arrays aligned with the star
     packets); the transit flags also carry FLAG_ONBOARD_SATURATED from the packet flags (bit 0).
     """
-    fit = fit_windows(star["samples"], star["n_samples"], bias_adu, star["gate"], lsf_sigma)
-    tr = combine_transit(fit, star["obt"], star.get("al_offset"))
+    fit, lsf_at_fit = _fit_windows(star["samples"], star["n_samples"], bias_adu, star["gate"], lsf_sigma)
+    tr = _combine_transit(fit, star["obt"], star.get("al_offset"), lsf_at_fit)
     if "flags" in star:
         onboard = (np.asarray(star["flags"]).astype(np.int64) & 1) != 0
         tr["flags"] = tr["flags"] | np.where(onboard, FLAG_ONBOARD_SATURATED, 0)

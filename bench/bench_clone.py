@@ -1,0 +1,204 @@
+"""Benchmark of the validation clone (docs/validation.md): soc-clone take vs pg_basebackup, and the
+operations ingest rate while a clone is taken.
+
+Runs as root on the machine of the local Ansible inventory, after `ansible-playbook db.yml` and
+`ansible-playbook validation.yml` (from ansible/), with the Main Database's schema in place (it records
+in the eLog table). It
+
+  1. grows the Main Database on the primary to each size (default 1 and 10 GB) with tables of its own,
+     bench_clone_data_NN (1 GiB each, ~930-byte rows, one transaction each, autovacuum off, analysed),
+     then CHECKPOINTs the primary once (setup, so that every size starts from the same WAL distance);
+  2. at each size times `soc-clone take` (--takes times; its own phase timings) and one pg_basebackup of
+     the replica (streamed WAL, fast restartpoint) into a directory on the same disk, and prints both
+     with their ratio;
+  3. at the largest size runs a fixed ingest workload on the primary through the synchronous replica
+     (pgbench, --clients sessions, each transaction one INSERT of 100 rows of ~200 bytes) for --ingest-s
+     seconds, takes a clone every --ingest-every seconds meanwhile, and compares the rate inside the takes
+     with the rate outside them;
+  4. drops its tables, removes the base backup, and takes a fresh clone (so that the volume does not keep
+     the bench's data in an old snapshot).
+
+Prints figures; asserts nothing about time. Usage: sudo .venv/bin/python bench/bench_clone.py [--sizes 1 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+
+VERSION = "15"
+PRIMARY = "/var/run/postgresql/db-primary"
+REPLICA_CONF = f"/etc/postgresql/{VERSION}/db-replica"
+REPLICA_ADDRESS = "127.0.0.12"
+BIN = f"/usr/lib/postgresql/{VERSION}/bin"
+DB = "soc"
+GIB = 1 << 30
+ROWS_PER_GIB = 1_048_576       # ~930-byte rows, 8 to a page (no TOAST, no compression): 1 GiB of heap
+
+
+def as_postgres(argv, **kw):
+    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True,
+                          check=True, **kw)
+
+
+def sql(query: str, socket: str = PRIMARY, db: str = DB) -> str:
+    return as_postgres([f"{BIN}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", socket, "-d", db],
+                       input=query).stdout.strip()
+
+
+def data_tables() -> list[str]:
+    out = sql("SELECT relname FROM pg_class WHERE relname ~ '^bench_clone_data_[0-9]+$' AND relkind = 'r'")
+    return sorted(out.split()) if out else []
+
+
+def grow_to(gib: int) -> float:
+    """Add 1 GiB tables until the bench data reach gib GiB; returns the database size in GiB."""
+    have = data_tables()
+    for n in range(len(have), gib):
+        t0 = time.monotonic()
+        sql(f"""
+            BEGIN;
+            CREATE TABLE bench_clone_data_{n:02d} (id bigint, payload text) WITH (autovacuum_enabled = false);
+            INSERT INTO bench_clone_data_{n:02d}
+                SELECT g, repeat(md5(g::text), 28) FROM generate_series(1, {ROWS_PER_GIB}) g;
+            COMMIT;
+            ANALYZE bench_clone_data_{n:02d};
+        """)
+        print(f"  bench_clone_data_{n:02d}: 1 GiB in {time.monotonic() - t0:.1f} s", flush=True)
+    sql("CHECKPOINT")
+    return int(sql("SELECT pg_database_size(current_database())")) / GIB
+
+
+def take(config: str | None) -> dict:
+    argv = ["soc-clone"] + (["--config", config] if config else []) + ["take"]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"soc-clone take failed ({proc.returncode}): {proc.stderr}\n{proc.stdout}")
+    out = json.loads(proc.stdout)
+    out["wall_s"] = wall
+    return out
+
+
+def basebackup(target_dir: str) -> float:
+    dest = os.path.join(target_dir, "base")
+    dsn = (f"host={REPLICA_ADDRESS} port=5432 user=replicator passfile={REPLICA_CONF}/replication.pgpass "
+           f"sslmode=verify-full sslrootcert={REPLICA_CONF}/ca.crt")
+    t0 = time.monotonic()
+    as_postgres([f"{BIN}/pg_basebackup", f"--dbname={dsn}", f"--pgdata={dest}", "--wal-method=stream",
+                 "--checkpoint=fast", "--no-password", "--no-sync"])
+    seconds = time.monotonic() - t0
+    shutil.rmtree(dest)
+    return seconds
+
+
+def ingest_with_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
+    sql("CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
+        "payload text) WITH (autovacuum_enabled = false)")
+    work = tempfile.mkdtemp(prefix="bench-clone-")
+    os.chmod(work, 0o777)
+    script = os.path.join(work, "ingest.sql")
+    with open(script, "w") as fh:
+        fh.write("INSERT INTO bench_clone_ingest (payload) SELECT repeat(md5(g::text), 6) "
+                 "FROM generate_series(1, 100) g;\n")
+    windows: list[tuple[float, float]] = []
+
+    def clones():
+        time.sleep(every / 2)
+        while time.time() < t_end - every / 2:
+            t0 = time.time()
+            take(config)
+            windows.append((t0, time.time()))
+            time.sleep(max(0.0, every - (time.time() - t0)))
+
+    t_end = time.time() + seconds
+    th = threading.Thread(target=clones)
+    th.start()
+    as_postgres([f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds), "-f", script,
+                 "-l", f"--log-prefix={work}/log", DB], cwd=work)
+    th.join()
+    ends = []
+    for path in glob.glob(f"{work}/log*"):
+        with open(path) as fh:
+            for line in fh:
+                f = line.split()
+                ends.append(int(f[4]) + int(f[5]) / 1e6)     # epoch s, us of the transaction's end
+    shutil.rmtree(work)
+    ends.sort()
+    start, stop = ends[0], ends[-1]
+    inside = sum(1 for e in ends if any(a <= e < b for a, b in windows))
+    t_inside = sum(b - a for a, b in windows)
+    t_outside = (stop - start) - t_inside
+    rate_in, rate_out = inside / t_inside, (len(ends) - inside) / t_outside
+    sql("DROP TABLE bench_clone_ingest")
+    return {"transactions": len(ends), "takes": len(windows), "seconds_in_takes": round(t_inside, 1),
+            "rows_per_s_without": round(rate_out * 100), "rows_per_s_during_take": round(rate_in * 100),
+            "ratio": round(rate_in / rate_out, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10], help="GiB of bench data, ascending")
+    ap.add_argument("--takes", type=int, default=3, help="clones timed at each size")
+    ap.add_argument("--config", help="soc-clone's configuration (default: the one it finds)")
+    ap.add_argument("--basebackup-dir", default="/var/tmp", help="where pg_basebackup writes (same disk)")
+    ap.add_argument("--ingest-s", type=int, default=60)
+    ap.add_argument("--ingest-every", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the bench data (no clean-up)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (soc-clone needs btrfs and pg_ctl as postgres)")
+    status = json.loads(subprocess.run(["soc-clone", "status"] + (["--config", args.config] if args.config
+                                                                  else []),
+                                       capture_output=True, text=True, check=True).stdout)
+    space = status["space"]
+    print(f"volume: {space['free_bytes'] / GIB:.1f} of {space['size_bytes'] / GIB:.1f} GiB free; "
+          f"/ : {shutil.disk_usage('/').free / GIB:.1f} GiB free", flush=True)
+    bb_dir = tempfile.mkdtemp(prefix="bench-clone-bb-", dir=args.basebackup_dir)
+    shutil.chown(bb_dir, "postgres", "postgres")
+    results = []
+    try:
+        for gib in args.sizes:
+            print(f"growing the Main Database to {gib} GiB of bench data", flush=True)
+            size = grow_to(gib)
+            takes = [take(args.config) for _ in range(args.takes)]
+            ready = statistics.median(t["ready_s"] for t in takes)
+            bb = basebackup(bb_dir)
+            row = {"database_gib": round(size, 2), "clone_ready_s": ready,
+                   "clone_ready_all_s": [t["ready_s"] for t in takes],
+                   "clone_wall_s": round(statistics.median(t["wall_s"] for t in takes), 3),
+                   "replayed_wal_bytes": [t["verify"]["replayed_wal_bytes"] for t in takes],
+                   "phases_s": takes[len(takes) // 2]["seconds"], "verified": all(t["ok"] for t in takes),
+                   "pg_basebackup_s": round(bb, 2), "basebackup_over_clone": round(bb / ready, 1)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s", flush=True)
+        ingest = ingest_with_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
+        print(json.dumps(ingest), flush=True)
+    finally:
+        shutil.rmtree(bb_dir, ignore_errors=True)
+        if not args.keep:
+            for t in data_tables():
+                sql(f"DROP TABLE {t}")
+            sql("DROP TABLE IF EXISTS bench_clone_ingest; CHECKPOINT;")
+            take(args.config)      # the volume no longer holds the bench's data in the old snapshot
+    print("\nsize GiB | clone ready s (median) | pg_basebackup s | ratio")
+    for r in results:
+        print(f"{r['database_gib']:8.2f} | {r['clone_ready_s']:22.3f} | {r['pg_basebackup_s']:15.2f} | "
+              f"{r['basebackup_over_clone']:.1f}x")
+    print(f"ingest during a take / without: {ingest['ratio']:.3f} "
+          f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_without']} rows/s)")
+
+
+if __name__ == "__main__":
+    main()
