@@ -75,9 +75,10 @@ def _cmd_db(args: argparse.Namespace) -> int:
     from pipeline.db import migrate
 
     if args.db_command == "init":
-        done = migrate.init(
-            _dsn(args), {"chunk_seconds": args.chunk_seconds, "healpix_order": args.healpix_order}
-        )
+        wanted = {"chunk_seconds": args.chunk_seconds, "healpix_order": args.healpix_order}
+        optional = {"catalogue_seed": args.catalogue_seed, "catalogue_scale": args.catalogue_scale}
+        wanted.update({k: v for k, v in optional.items() if v is not None})  # reduction needs both
+        done = migrate.init(_dsn(args), wanted)
     else:
         done = migrate.migrate(_dsn(args))
     for mg in done:
@@ -92,7 +93,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     import psycopg
 
     from pipeline.config import load
-    from pipeline.intake import IntakeError, ingest_file, pending_files
+    from pipeline.intake import pending_files
 
     watch = Path(args.watch) if args.watch else None
     if args.watch == "landing":
@@ -101,26 +102,104 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             raise ValueError("--watch landing: the configuration file names no landing directory")
     if not args.files and watch is None:
         raise ValueError("nothing to ingest: give pass files or --watch DIR")
+    if args.reduce and watch is None:
+        raise ValueError("--reduce goes with --watch (after a batch of files, run `soc reduce`)")
+    outbox = (args.outbox or load(args.config).outbox) if args.reduce else None
     failed = 0
-    with psycopg.connect(_dsn(args), autocommit=True) as conn:
-        while True:
-            files = [Path(f) for f in args.files] if not watch else pending_files(watch)
-            for path in files:
-                try:
-                    r = ingest_file(conn, path)
-                except IntakeError as exc:
-                    print(f"soc ingest: error: {exc}", file=sys.stderr)
-                    failed += 1
-                    continue
-                if r.outcome == "ingested" or watch is None:
-                    print(
-                        f"{r.file_name}: {r.outcome}: {r.ingested} ingested, {r.duplicate} duplicate, "
-                        f"{r.quarantined} quarantined"
-                        + ("" if r.size_ok else " (file shorter than its sidecar says)")
-                    )
+    to_reduce, retry_at = True, 0.0  # reduce once at start: catch up on what a stopped watcher left due
+    while True:
+        try:
+            conn = psycopg.connect(_dsn(args), autocommit=True)  # the DSN is read again at each reconnect
+        except psycopg.OperationalError as exc:
             if watch is None:
-                return 1 if failed else 0
+                raise
+            print(f"soc ingest: no database, retrying in {args.interval:g} s: {exc}", file=sys.stderr)
             time.sleep(args.interval)
+            continue
+        with conn:
+            try:
+                while True:
+                    files = [Path(f) for f in args.files] if not watch else pending_files(watch)
+                    ingested, errors = _ingest_files(conn, files, report_all=watch is None)
+                    to_reduce, failed = to_reduce or ingested, failed + errors
+                    if watch is None:
+                        return 1 if failed else 0
+                    if args.reduce and to_reduce and time.monotonic() >= retry_at:
+                        to_reduce, retry_at = _reduce_in_watch(args, outbox)
+                    time.sleep(args.interval)
+            except psycopg.OperationalError as exc:
+                if watch is None:
+                    raise
+                # the server went away (a failover, a restart): the file in flight was rolled back whole
+                print(f"soc ingest: lost the database, reconnecting: {exc}", file=sys.stderr, flush=True)
+                to_reduce = True
+                time.sleep(args.interval)
+
+
+def _ingest_files(conn, files: list[Path], report_all: bool) -> tuple[bool, int]:
+    """Ingest each file (one transaction each) -> (anything new ingested, files refused)."""
+    from pipeline.intake import IntakeError, ingest_file
+
+    ingested, failed = False, 0
+    for path in files:
+        try:
+            r = ingest_file(conn, path)
+        except IntakeError as exc:
+            print(f"soc ingest: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if r.outcome == "ingested" or report_all:
+            ingested = True
+            print(
+                f"{r.file_name}: {r.outcome}: {r.ingested} ingested, {r.duplicate} duplicate, "
+                f"{r.quarantined} quarantined"
+                + ("" if r.size_ok else " (file shorter than its sidecar says)"),
+                flush=True,
+            )
+    return ingested, failed
+
+
+REDUCE_RETRY_S = 60.0
+
+
+def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None) -> tuple[bool, float]:
+    """`soc ingest --watch --reduce`: reduce what the new data made due -> (still to do, retry time).
+
+    Chunks become due only when data arrives (deadlines are in on-board time), so reducing after each look
+    that ingested something reduces every due chunk. A failed reduction is reported and retried after
+    REDUCE_RETRY_S seconds; intake goes on meanwhile (telemetry is never held up by a reduction problem).
+    """
+    import time
+
+    try:
+        done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers)
+    except Exception as exc:  # a long-running service: report, keep ingesting, retry later
+        print(f"soc ingest: reduction failed, retrying in {REDUCE_RETRY_S:.0f} s: {exc!r}", file=sys.stderr)
+        return True, time.monotonic() + REDUCE_RETRY_S
+    for chunk_id, revision, reason in done:
+        print(f"chunk {chunk_id} revision {revision} ({reason})")
+    if done:
+        print(f"{len(done)} chunk revision(s) reduced", flush=True)
+    return False, 0.0
+
+
+def _cmd_tee(args: argparse.Namespace) -> int:
+    from pipeline.landing import Tee
+
+    tee = Tee(Path(args.incoming), [Path(t) for t in args.to], Path(args.state) if args.state else None)
+    if not args.once:
+        tee.watch(args.interval)
+    r = tee.run_once()
+    for stem, target in r.copied:
+        print(f"{stem}: copied to {target}")
+    for stem, target in r.recorded:
+        print(f"{stem}: already complete in {target}, recorded")
+    for msg in r.refused:
+        print(f"soc tee: refused: {msg}", file=sys.stderr)
+    for msg in r.errors:
+        print(f"soc tee: error: {msg}", file=sys.stderr)
+    print(f"{len(r.copied)} copy(ies) made")
+    return 1 if r.refused or r.errors else 0
 
 
 def _cmd_local_db(args: argparse.Namespace) -> int:
@@ -202,13 +281,16 @@ def _cmd_run_day(args: argparse.Namespace) -> int:
 
     dsn = _dsn(args)
     out = Path(args.workdir) / f"sim-{args.date}"
-    migrate.init(dsn, {"catalogue_seed": args.seed, "catalogue_scale": args.scale})
+    if not args.deliver_to:  # a deployed environment has its schema from its deployment
+        migrate.init(dsn, {"catalogue_seed": args.seed, "catalogue_scale": args.scale})
     cfg = SimConfig(start=args.date, days=1.0, scale=args.scale, seed=args.seed, faults=FAULT_KINDS,
                     anomalies=ANOMALY_KINDS, progress=not args.no_progress)  # fmt: skip
     summary = simulate(out, cfg)
     counts = summary["counts"]
     print(f"simulated {counts['transits']:,} transits in {counts['deliveries']} deliveries")
     files = pending_files(out / "passes")
+    if args.deliver_to:
+        return _deliver_and_wait(args, dsn, files, out)
     totals = {"ingested": 0, "duplicate": 0, "quarantined": 0}
     seen: set[str] = set()
     with psycopg.connect(dsn, autocommit=True) as conn, progress_bar(not args.no_progress) as bar:
@@ -229,6 +311,55 @@ def _cmd_run_day(args: argparse.Namespace) -> int:
     report = Path(args.workdir) / f"health-{args.date}.html"
     chunks, events = _health_report(dsn, args.date, report)
     print(f"health report: {report} ({chunks} chunks, {events} events)")
+    return 0
+
+
+def _deliver_and_wait(args: argparse.Namespace, dsn: str, files: list[Path], out: Path) -> int:
+    """run-day through a deployed environment: deliver into its incoming directory, let its services
+    ingest and reduce, wait until its database has every delivery and no chunk due, report health."""
+    from pipeline.landing import deliver
+
+    names = deliver(files, Path(args.deliver_to))
+    (out / "delivered.txt").write_text("".join(f"{n}\n" for n in names))
+    print(f"delivered {len(names)} pass files into {args.deliver_to}")
+    _check_catalogue(dsn, args.seed, args.scale)
+    state = _wait_with_progress(dsn, names, args.timeout, not args.no_progress)
+    print(f"{state.deliveries} deliveries ingested, {state.revisions} chunk revisions, none due")
+    report = Path(args.workdir) / f"health-{args.date}.html"
+    chunks, events = _health_report(_dsn(args, read=True), args.date, report)
+    print(f"health report: {report} ({chunks} chunks, {events} events)")
+    return 0
+
+
+def _check_catalogue(dsn: str, seed: int, scale: float) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        cfg = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
+    if (cfg.get("catalogue_seed"), cfg.get("catalogue_scale")) != (str(seed), str(scale)):
+        print(f"soc run-day: warning: the database's working catalogue (seed {cfg.get('catalogue_seed')},"
+              f" scale {cfg.get('catalogue_scale')}) is not the simulated sky (seed {seed}, scale {scale}):"
+              " most detections will be new sources", file=sys.stderr)  # fmt: skip
+
+
+def _wait_with_progress(dsn: str, names: list[str], timeout: float, progress: bool):
+    from pipeline.progress import progress_bar
+    from pipeline.replay import wait_processed
+
+    with progress_bar(progress) as bar:
+        task = bar.add_task("waiting for the environment", total=len(names))
+
+        def show(state) -> None:
+            bar.update(task, completed=state.deliveries,
+                       description=f"ingested; chunks due: {max(state.due, 0)}")  # fmt: skip
+
+        return wait_processed(dsn, names, timeout, on_poll=show)
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    names = [n for n in Path(args.names_file).read_text().split() if n]
+    state = _wait_with_progress(_dsn(args), names, args.timeout, not args.no_progress)
+    print(f"{state.deliveries} deliveries ingested, {state.revisions} chunk revisions, none due")
     return 0
 
 
@@ -279,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "init":
             d.add_argument("--chunk-seconds", type=int, default=1800, help="length of a time-ordered chunk")
             d.add_argument("--healpix-order", type=int, default=5, help="HEALPix order of the partitions")
+            d.add_argument("--catalogue-seed", type=int, help="working catalogue (sky model) seed")
+            d.add_argument("--catalogue-scale", type=float, help="working catalogue (sky model) scale")
     db.set_defaults(func=_cmd_db)
 
     ing = sub.add_parser("ingest", help="ingest delivered pass files (with their sidecars)")
@@ -288,7 +421,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--interval", type=float, default=5.0, help="seconds between looks at DIR")
     ing.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+    ing.add_argument(
+        "--reduce", action="store_true", help="with --watch: also reduce every chunk the new data made due"
+    )
+    ing.add_argument("--outbox", help="with --reduce: directory for the chunk products (default: configured)")
+    ing.add_argument("--workers", type=int, help="with --reduce: chunk revisions reduced in parallel")
     ing.set_defaults(func=_cmd_ingest)
+
+    tee = sub.add_parser(
+        "tee", help="copy each complete delivery from an incoming directory into every landing, once"
+    )
+    tee.add_argument("incoming", help="where the ground stations deliver (<stem>.tm, then <stem>.json)")
+    tee.add_argument(
+        "--to", action="append", required=True, metavar="DIR", help="a landing directory (repeat for each)"
+    )
+    tee.add_argument("--state", help="where the tee records its copies (default: INCOMING/.soc-tee)")
+    tee.add_argument("--interval", type=float, default=5.0, help="seconds between looks at INCOMING")
+    tee.add_argument("--once", action="store_true", help="one look, then exit (1 if anything failed)")
+    tee.set_defaults(func=_cmd_tee)
 
     ldb = sub.add_parser("local-db", help="a PostgreSQL 15 server in a directory of its own (one machine)")
     ldb.add_argument("action", choices=("start", "stop", "dsn"))
@@ -330,7 +480,21 @@ def build_parser() -> argparse.ArgumentParser:
     day.add_argument("--workdir", default="var")
     day.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
     day.add_argument("--no-progress", action="store_true")
+    day.add_argument(
+        "--deliver-to", metavar="DIR",
+        help="a deployed environment: deliver into its incoming directory and wait for its services",
+    )  # fmt: skip
+    day.add_argument("--timeout", type=float, default=1800, help="with --deliver-to: seconds to wait")
     day.set_defaults(func=_cmd_run_day)
+
+    wait = sub.add_parser(
+        "wait", help="wait until the configured database has taken the named deliveries and reduced them"
+    )
+    wait.add_argument("--names-file", required=True, help="delivered file names, one a line (delivered.txt)")
+    wait.add_argument("--timeout", type=float, default=1800, help="seconds to wait")
+    wait.add_argument("--dsn", help="libpq connection string of the database (default: configured write DSN)")
+    wait.add_argument("--no-progress", action="store_true")
+    wait.set_defaults(func=_cmd_wait)
     return p
 
 

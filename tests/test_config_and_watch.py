@@ -93,3 +93,71 @@ def test_every_command_parses_its_documented_options():
     assert (a.watch, a.interval, a.files) == ("landing", 1.0, [])
     a = p.parse_args(["run-day", "--date", "2016-08-02", "--scale", "0.002"])
     assert (a.date, a.scale) == ("2016-08-02", 0.002)
+
+
+def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_db, tmp_path):
+    from pipeline.chunks import chunk_states
+
+    dsn = new_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the working catalogue: the simulated day's sky
+        conn.execute("INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)")
+    landing, outbox = tmp_path / "landing", tmp_path / "outbox"
+    landing.mkdir()
+    cfg = tmp_path / "soc.yaml"  # the outbox from the configuration file, as the service has it
+    cfg.write_text(f"database:\n  write_dsn: '{dsn}'\nlanding: {landing}\noutbox: {outbox}\n")
+    log = tmp_path / "watch.log"
+    cmd = [sys.executable, "-m", "pipeline.cli", "--config", str(cfg), "ingest", "--watch", "landing",
+           "--reduce", "--workers", "1", "--interval", "0.2"]  # fmt: skip
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        files = pending_files(faulty_day / "passes")
+        for f in files:
+            shutil.copy(f, landing / f.name)
+            shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+        deadline = time.monotonic() + 240  # everything ingested and every due chunk reduced
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while (
+                conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < len(files)
+                or any(st.due for st in chunk_states(conn))
+            ):  # fmt: skip
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the watcher did not ingest and reduce in time"
+                time.sleep(0.5)
+            reduced = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert reduced > 0 and "chunk revision(s) reduced" in log.read_text()
+    assert len(list(outbox.rglob("*.parquet"))) > 0
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "reduce", "--dsn", dsn, "--workers", "1"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0 and "0 chunk revision(s) reduced" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_watch_and_tee_options_parse():
+    from pipeline.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["ingest", "--watch", "landing", "--reduce", "--outbox", "o", "--workers", "2"])
+    assert (a.watch, a.reduce, a.outbox, a.workers) == ("landing", True, "o", 2)
+    a = p.parse_args(["tee", "in", "--to", "a", "--to", "b", "--state", "s", "--once"])
+    assert (a.incoming, a.to, a.state, a.once, a.interval) == ("in", ["a", "b"], "s", True, 5.0)
+    with pytest.raises(SystemExit):
+        p.parse_args(["tee", "in"])  # at least one landing
+
+
+def test_db_init_fixes_the_working_catalogue_and_says_whether_it_changed_anything(pg_server):
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE soc_init_cli")
+    dsn = pg_server.dsn("soc_init_cli")
+    cmd = [sys.executable, "-m", "pipeline.cli", "db", "init", "--dsn", dsn, "--healpix-order", "0",
+           "--catalogue-seed", "3", "--catalogue-scale", "0.001"]  # fmt: skip
+    first, again = (subprocess.run(cmd, capture_output=True, text=True) for _ in range(2))
+    assert first.returncode == 0 and "migration(s) applied" in first.stdout, first.stderr
+    assert again.returncode == 0 and again.stdout.strip() == "schema up to date"  # what Ansible parses
+    with psycopg.connect(dsn) as conn:
+        got = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
+    assert (got["catalogue_seed"], got["catalogue_scale"], got["healpix_order"]) == ("3", "0.001", "0")
+    clash = subprocess.run([*cmd[:-1], "0.002"], capture_output=True, text=True)
+    assert clash.returncode == 2 and "catalogue_scale" in clash.stderr
