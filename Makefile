@@ -2,11 +2,19 @@
 PYTHON ?= /usr/bin/python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := python3 python3-venv python3-dev build-essential git postgresql-15
+# postgresql-15 for the tests' throwaway servers; the rest is what the control node of the Ansible topology
+# needs itself (the roles install what each host needs): Debian's python3 with psycopg and cryptography
+# for the modules, acl to become postgres, openssl for the vault, btrfs-progs, vagrant to validate the
+# Vagrantfile.
+APT_PACKAGES := python3 python3-venv python3-dev build-essential git postgresql-15 python3-psycopg \
+	python3-cryptography acl openssl btrfs-progs vagrant
+INVENTORY ?= ansible/inventories/local
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
-.PHONY: up test deps venv lint unit bench clean
+.PHONY: up test deps venv lint unit infra provision bench clean
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -24,19 +32,29 @@ $(BIN)/soc: pyproject.toml | deps
 
 venv: $(BIN)/soc
 
-# Provision the one-machine topology (as far as it exists) and run the main job on it.
-up: venv
-	$(BIN)/soc local-db start --dir var/pg
-	SOC_WRITE_DSN="$$($(BIN)/soc local-db dsn --dir var/pg)" $(BIN)/soc run-day --date $(DAY) --scale $(SCALE) --workdir var
+# Provision the one-machine topology and run the main job on it.
+up: provision
+	cd ansible && ansible-playbook -i $(CURDIR)/$(INVENTORY) replay.yml -e replay_date=$(DAY) -e replay_scale=$(SCALE)
+
+# Every host of the inventory, by ansible-playbook site.yml (its vault made first where it is local).
+provision: venv
+	ansible/bin/make-vault $(INVENTORY)
+	cd ansible && ansible-playbook -i $(CURDIR)/$(INVENTORY) site.yml -e soc_pipeline_catalogue_scale=$(SCALE)
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/yamllint --strict .
+	ansible-lint
 
 unit: venv
 	$(BIN)/pytest
 
+# The provisioned topology: testinfra on every host, idempotence, the failover drill.
+infra: provision
+	$(BIN)/pytest tests/infra --hosts=ansible://all --ansible-inventory=$(INVENTORY)
+
 # The whole suite.
-test: lint unit
+test: lint unit infra
 
 bench: venv
 	$(MAKE) --no-print-directory deps APT_PACKAGES=postgresql-15-q3c
