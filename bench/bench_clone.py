@@ -41,17 +41,19 @@ REPLICA_ADDRESS = "127.0.0.12"
 BIN = f"/usr/lib/postgresql/{VERSION}/bin"
 DB = "soc"
 GIB = 1 << 30
-ROWS_PER_GIB = 1_048_576       # ~930-byte rows, 8 to a page (no TOAST, no compression): 1 GiB of heap
+ROWS_PER_GIB = 1_048_576  # ~930-byte rows, 8 to a page (no TOAST, no compression): 1 GiB of heap
 
 
 def as_postgres(argv, **kw):
-    return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True,
-                          check=True, **kw)
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, check=True, **kw
+    )
 
 
 def sql(query: str, socket: str = PRIMARY, db: str = DB) -> str:
-    return as_postgres([f"{BIN}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", socket, "-d", db],
-                       input=query).stdout.strip()
+    return as_postgres(
+        [f"{BIN}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", socket, "-d", db], input=query
+    ).stdout.strip()
 
 
 def data_tables() -> list[str]:
@@ -91,25 +93,40 @@ def take(config: str | None) -> dict:
 
 def basebackup(target_dir: str) -> float:
     dest = os.path.join(target_dir, "base")
-    dsn = (f"host={REPLICA_ADDRESS} port=5432 user=replicator passfile={REPLICA_CONF}/replication.pgpass "
-           f"sslmode=verify-full sslrootcert={REPLICA_CONF}/ca.crt")
+    dsn = (
+        f"host={REPLICA_ADDRESS} port=5432 user=replicator passfile={REPLICA_CONF}/replication.pgpass "
+        f"sslmode=verify-full sslrootcert={REPLICA_CONF}/ca.crt"
+    )
     t0 = time.monotonic()
-    as_postgres([f"{BIN}/pg_basebackup", f"--dbname={dsn}", f"--pgdata={dest}", "--wal-method=stream",
-                 "--checkpoint=fast", "--no-password", "--no-sync"])
+    as_postgres(
+        [
+            f"{BIN}/pg_basebackup",
+            f"--dbname={dsn}",
+            f"--pgdata={dest}",
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-password",
+            "--no-sync",
+        ]
+    )
     seconds = time.monotonic() - t0
     shutil.rmtree(dest)
     return seconds
 
 
 def ingest_with_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
-    sql("CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
-        "payload text) WITH (autovacuum_enabled = false)")
+    sql(
+        "CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
+        "payload text) WITH (autovacuum_enabled = false)"
+    )
     work = tempfile.mkdtemp(prefix="bench-clone-")
     os.chmod(work, 0o777)
     script = os.path.join(work, "ingest.sql")
     with open(script, "w") as fh:
-        fh.write("INSERT INTO bench_clone_ingest (payload) SELECT repeat(md5(g::text), 6) "
-                 "FROM generate_series(1, 100) g;\n")
+        fh.write(
+            "INSERT INTO bench_clone_ingest (payload) SELECT repeat(md5(g::text), 6) "
+            "FROM generate_series(1, 100) g;\n"
+        )
     windows: list[tuple[float, float]] = []
 
     def clones():
@@ -123,15 +140,31 @@ def ingest_with_clones(config: str | None, seconds: int, every: int, clients: in
     t_end = time.time() + seconds
     th = threading.Thread(target=clones)
     th.start()
-    as_postgres([f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds), "-f", script,
-                 "-l", f"--log-prefix={work}/log", DB], cwd=work)
+    as_postgres(
+        [
+            f"{BIN}/pgbench",
+            "-n",
+            "-h",
+            PRIMARY,
+            "-c",
+            str(clients),
+            "-T",
+            str(seconds),
+            "-f",
+            script,
+            "-l",
+            f"--log-prefix={work}/log",
+            DB,
+        ],
+        cwd=work,
+    )
     th.join()
     ends = []
     for path in glob.glob(f"{work}/log*"):
         with open(path) as fh:
             for line in fh:
                 f = line.split()
-                ends.append(int(f[4]) + int(f[5]) / 1e6)     # epoch s, us of the transaction's end
+                ends.append(int(f[4]) + int(f[5]) / 1e6)  # epoch s, us of the transaction's end
     shutil.rmtree(work)
     ends.sort()
     start, stop = ends[0], ends[-1]
@@ -140,9 +173,14 @@ def ingest_with_clones(config: str | None, seconds: int, every: int, clients: in
     t_outside = (stop - start) - t_inside
     rate_in, rate_out = inside / t_inside, (len(ends) - inside) / t_outside
     sql("DROP TABLE bench_clone_ingest")
-    return {"transactions": len(ends), "takes": len(windows), "seconds_in_takes": round(t_inside, 1),
-            "rows_per_s_without": round(rate_out * 100), "rows_per_s_during_take": round(rate_in * 100),
-            "ratio": round(rate_in / rate_out, 3)}
+    return {
+        "transactions": len(ends),
+        "takes": len(windows),
+        "seconds_in_takes": round(t_inside, 1),
+        "rows_per_s_without": round(rate_out * 100),
+        "rows_per_s_during_take": round(rate_in * 100),
+        "ratio": round(rate_in / rate_out, 3),
+    }
 
 
 def main() -> None:
@@ -158,12 +196,20 @@ def main() -> None:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (soc-clone needs btrfs and pg_ctl as postgres)")
-    status = json.loads(subprocess.run(["soc-clone", "status"] + (["--config", args.config] if args.config
-                                                                  else []),
-                                       capture_output=True, text=True, check=True).stdout)
+    status = json.loads(
+        subprocess.run(
+            ["soc-clone", "status"] + (["--config", args.config] if args.config else []),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     space = status["space"]
-    print(f"volume: {space['free_bytes'] / GIB:.1f} of {space['size_bytes'] / GIB:.1f} GiB free; "
-          f"/ : {shutil.disk_usage('/').free / GIB:.1f} GiB free", flush=True)
+    print(
+        f"volume: {space['free_bytes'] / GIB:.1f} of {space['size_bytes'] / GIB:.1f} GiB free; "
+        f"/ : {shutil.disk_usage('/').free / GIB:.1f} GiB free",
+        flush=True,
+    )
     bb_dir = tempfile.mkdtemp(prefix="bench-clone-bb-", dir=args.basebackup_dir)
     shutil.chown(bb_dir, "postgres", "postgres")
     results = []
@@ -174,12 +220,17 @@ def main() -> None:
             takes = [take(args.config) for _ in range(args.takes)]
             ready = statistics.median(t["ready_s"] for t in takes)
             bb = basebackup(bb_dir)
-            row = {"database_gib": round(size, 2), "clone_ready_s": ready,
-                   "clone_ready_all_s": [t["ready_s"] for t in takes],
-                   "clone_wall_s": round(statistics.median(t["wall_s"] for t in takes), 3),
-                   "replayed_wal_bytes": [t["verify"]["replayed_wal_bytes"] for t in takes],
-                   "phases_s": takes[len(takes) // 2]["seconds"], "verified": all(t["ok"] for t in takes),
-                   "pg_basebackup_s": round(bb, 2), "basebackup_over_clone": round(bb / ready, 1)}
+            row = {
+                "database_gib": round(size, 2),
+                "clone_ready_s": ready,
+                "clone_ready_all_s": [t["ready_s"] for t in takes],
+                "clone_wall_s": round(statistics.median(t["wall_s"] for t in takes), 3),
+                "replayed_wal_bytes": [t["verify"]["replayed_wal_bytes"] for t in takes],
+                "phases_s": takes[len(takes) // 2]["seconds"],
+                "verified": all(t["ok"] for t in takes),
+                "pg_basebackup_s": round(bb, 2),
+                "basebackup_over_clone": round(bb / ready, 1),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
         print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s", flush=True)
@@ -191,13 +242,17 @@ def main() -> None:
             for t in data_tables():
                 sql(f"DROP TABLE {t}")
             sql("DROP TABLE IF EXISTS bench_clone_ingest; CHECKPOINT;")
-            take(args.config)      # the volume no longer holds the bench's data in the old snapshot
+            take(args.config)  # the volume no longer holds the bench's data in the old snapshot
     print("\nsize GiB | clone ready s (median) | pg_basebackup s | ratio")
     for r in results:
-        print(f"{r['database_gib']:8.2f} | {r['clone_ready_s']:22.3f} | {r['pg_basebackup_s']:15.2f} | "
-              f"{r['basebackup_over_clone']:.1f}x")
-    print(f"ingest during a take / without: {ingest['ratio']:.3f} "
-          f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_without']} rows/s)")
+        print(
+            f"{r['database_gib']:8.2f} | {r['clone_ready_s']:22.3f} | {r['pg_basebackup_s']:15.2f} | "
+            f"{r['basebackup_over_clone']:.1f}x"
+        )
+    print(
+        f"ingest during a take / without: {ingest['ratio']:.3f} "
+        f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_without']} rows/s)"
+    )
 
 
 if __name__ == "__main__":

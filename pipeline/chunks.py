@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -201,22 +202,93 @@ def reduce_due(conn: psycopg.Connection, reducer: Reducer, flush: bool = False) 
 def reduce_due_parallel(
     dsn: str, make_reducer: Callable, workers: int, flush: bool = False
 ) -> list[tuple[int, int, str]]:
-    """reduce_due with one worker process per database core: independent chunk revisions in parallel.
+    """reduce_due with `workers` chunk revisions reduced at a time (one per database core).
 
-    make_reducer(conn) builds each worker's reducer (a picklable top-level callable or partial).
+    This process is one of the workers and starts workers - 1 others (fresh interpreters): it reduces
+    chunks from the start, while the others are still importing, so their start-up costs one core for
+    about a second rather than every core. Chunks are handed out one at a time, in due order, to whichever
+    worker is free and started, and never more than `workers` consecutive due chunks are in progress (a
+    chunk starts only when every chunk `workers` places before it is done): chunks reduced at the same time
+    are neighbours in time, as one worker per chunk in lockstep would give, not chunks of the same sky.
+    make_reducer(conn) builds each worker's reducer (a picklable top-level callable or partial). The result
+    is in the order of the due chunks, as reduce_due gives it.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
         chunk_s, h, due = _plan(conn, flush)
-    if workers <= 1 or len(due) <= 1:
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        if workers <= 1 or len(due) <= 1:
             reducer = make_reducer(conn)
             return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
-    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no connection is shared across a fork
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_worker_init, initargs=(dsn, make_reducer)
-    ) as pool:
-        results = pool.map(_worker_reduce, due, [chunk_s] * len(due), [h] * len(due))
-        return [r for r in results if r is not None]
+        plan = _Handout(len(due), workers)
+        results: dict[int, tuple[int, int, str] | None] = {}
+        errors: list[BaseException] = []
+
+        def feed(pool: ProcessPoolExecutor) -> None:  # keeps one other worker busy
+            try:
+                pool.submit(_worker_ready).result()  # a chunk never waits for a worker that is starting
+                while (i := plan.take()) is not None:
+                    results[i] = pool.submit(_worker_reduce, due[i], chunk_s, h).result()
+                    plan.done(i)
+            except BaseException as exc:  # reported by the calling thread below
+                plan.stop()
+                errors.append(exc)
+
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no connection shared across a fork
+        with ProcessPoolExecutor(
+            workers - 1, mp_context=ctx, initializer=_worker_init, initargs=(dsn, make_reducer)
+        ) as pool:
+            feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(workers - 1)]
+            for t in feeders:
+                t.start()
+            try:
+                reducer = make_reducer(conn)
+                while (i := plan.take()) is not None:
+                    results[i] = _reduce_one(conn, reducer, due[i], chunk_s, h)
+                    plan.done(i)
+            finally:
+                plan.stop()  # the end, or a failure here: no new chunk for the others either
+                for t in feeders:
+                    t.join()
+        if errors:
+            raise errors[0]
+        return [r for _, r in sorted(results.items()) if r is not None]
+
+
+class _Handout:
+    """Indices 0..n-1 in order, at most `window` consecutive ones taken and not done at any time."""
+
+    def __init__(self, n: int, window: int):
+        self.n, self.window = n, window
+        self.next = 0  # the next index to hand out
+        self.low = 0  # every index below is done
+        self.finished: set[int] = set()
+        self.stopped = False
+        self.cond = threading.Condition()
+
+    def take(self) -> int | None:
+        with self.cond:
+            self.cond.wait_for(
+                lambda: self.stopped or self.next >= self.n or self.next < self.low + self.window
+            )
+            if self.stopped or self.next >= self.n:
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def _over(self) -> bool:
+        return self.stopped or self.next >= self.n
+
+    def done(self, i: int) -> None:
+        with self.cond:
+            self.finished.add(i)
+            while self.low in self.finished:
+                self.finished.discard(self.low)
+                self.low += 1
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
 
 
 _worker: dict = {}
@@ -225,6 +297,10 @@ _worker: dict = {}
 def _worker_init(dsn: str, make_reducer: Callable) -> None:
     conn = psycopg.connect(dsn, autocommit=True)
     _worker.update(conn=conn, reducer=make_reducer(conn))
+
+
+def _worker_ready() -> None:
+    """A no-op: returns once a worker process has started (its initializer has run)."""
 
 
 def _worker_reduce(st: ChunkState, chunk_s: float, h: float):

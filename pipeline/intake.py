@@ -164,7 +164,7 @@ def _ingest_rows(conn: psycopg.Connection, data: bytes, chunk_s: float, params: 
     ingested copies of the same keys, and the keys raw_packets already holds); the ledger, quarantine and
     raw_packets rows are then copied in directly (binary COPY) with the status decided here.
     """
-    decoded = decode_pass(data)
+    decoded = decode_pass(data, samples=False)  # the judgement of every packet, not its windows
     p = decoded.packets
     probs = decoded.problems
     offset = p["offset"].astype(np.int64)

@@ -20,7 +20,7 @@ import numpy as np
 import psycopg
 
 from pipeline import __version__
-from pipeline.db.load import healpix_of, healpix_order, load_transits, upsert_sources
+from pipeline.db.load import empty_transits, healpix_of, healpix_order, load_transits, upsert_sources
 from pipeline.db.migrate import settings
 from pipeline.distribute import write_product
 from pipeline.health import HK_KINDS, HealthLimits, chunk_science, monitor_chunk
@@ -100,7 +100,7 @@ class ChunkReducer:
         star = dec.star
         with self._timed("image_parameters"):
             windows, tr = chunk_science(star, dec.hk_bias)
-        rows = (self._transits(conn, chunk_id, star, tr, dec) if tr else None) or _empty_rows()
+        rows = (self._transits(conn, chunk_id, star, tr, dec) if tr else None) or empty_transits()
         with self._timed("load"):
             n = load_transits(conn, rows, chunk_id, revision)
         if self.outbox is not None:
@@ -213,10 +213,6 @@ def _within(part: dict, t0: float, t1: float) -> dict:
         return {}
     keep = (part["obt"] >= t0) & (part["obt"] < t1)
     return {k: np.asarray(v)[keep] for k, v in part.items()}
-
-
-def _empty_rows() -> dict:
-    return {"source_id": np.zeros(0, np.int64), "obt": np.zeros(0)}
 
 
 def _finite(x):

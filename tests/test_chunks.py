@@ -104,3 +104,40 @@ def test_the_current_revisions_do_not_depend_on_arrival_order(faulty_day, new_db
     common = set(first) & set(second)
     assert len(common) >= len(due_first) > 5
     assert {c: first[c] for c in common} == {c: second[c] for c in common}
+
+
+def test_parallel_handout_keeps_the_chunks_in_progress_together():
+    """reduce_due_parallel's handout: every chunk once, in order, never `window` or more apart in progress."""
+    import random
+    import threading
+    import time
+
+    from pipeline.chunks import _Handout
+
+    plan, lock = _Handout(60, 2), threading.Lock()
+    running: set[int] = set()
+    taken: list[int] = []
+    spread: list[int] = []
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        while (i := plan.take()) is not None:
+            with lock:
+                taken.append(i)
+                running.add(i)
+                spread.append(max(running) - min(running))
+            time.sleep(rnd.uniform(0, 0.004))
+            with lock:
+                running.discard(i)
+            plan.done(i)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == list(range(60)) and max(spread) == 1
+    stopped = _Handout(5, 2)
+    assert stopped.take() == 0
+    stopped.stop()
+    assert stopped.take() is None

@@ -9,6 +9,7 @@ from pipeline.db import migrate
 from pipeline.db.checksums import table_checksum
 from pipeline.db.load import (
     TRANSIT_COLUMNS,
+    empty_transits,
     healpix_of,
     load_transits,
     load_transits_parallel,
@@ -273,6 +274,14 @@ def test_an_empty_revision_removes_the_chunk(db):
         assert conn.execute("SELECT revision, n_transits, pixels FROM transit_chunks").fetchall() == [
             (2, 0, [])
         ]
+
+
+def test_a_revision_without_transits_loads_as_the_reducer_writes_it(db):
+    _load(db, make_transits(make_sources(40, seed=23), 2, seed=24), 7, 1)
+    with psycopg.connect(db) as conn:
+        assert load_transits(conn, empty_transits(), 7, 2) == 0
+        assert conn.execute("SELECT count(*) FROM transits WHERE chunk_id = 7").fetchone() == (0,)
+        assert conn.execute("SELECT revision, n_transits FROM transit_chunks").fetchall() == [(2, 0)]
 
 
 def test_the_partitioning_migration_finishes_the_job_when_run_again(empty_db):

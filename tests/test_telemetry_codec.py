@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.telemetry import layout as L
-from pipeline.telemetry.batch import PacketBatch
+from pipeline.telemetry import window_codec as W
+from pipeline.telemetry.batch import PacketBatch, segment_index
 from pipeline.telemetry.crc import crc16
 from pipeline.telemetry.decode import decode_packet, decode_pass
 from pipeline.telemetry.encode import (
@@ -381,3 +382,44 @@ def test_bad_star_fixed_fields(offset, value, reason):
     p[offset] = value
     with pytest.raises(TelemetryError, match=f"^offset 300: {reason}"):
         decode_packet(in_buffer(with_crc(p)), 300)
+
+
+@pytest.mark.parametrize("codec", [L.CODEC_RICE, L.CODEC_ZSTD, L.CODEC_RAW])
+def test_judging_without_samples_gives_the_same_packets_and_problems(codec):
+    """decode_pass(samples=False), intake's judgement of a pass: the same packets and problems, no windows."""
+    good = star_packet(codec)
+    bad = bytearray(star_packet(codec))
+    bad[36 + 3] ^= 0xFF
+    bad[36 + 4] ^= 0xFF
+    fixed = bytearray(star_packet(codec))
+    fixed[14 + 8] = 13  # n_samples
+    data = good + with_crc(bad) + good + with_crc(fixed) + b"\x00garbage" + good
+    full, judged = decode_pass(data), decode_pass(data, samples=False)
+    n_bad = 2 if codec == L.CODEC_RAW else 3  # raw samples are any bytes of the right length
+    assert judged.problems == full.problems and len(full.problems) == n_bad
+    assert np.array_equal(judged.packets, full.packets) and len(full.packets) == 6 - n_bad
+    assert "samples" not in judged.star and full.star["samples"].shape == (6 - n_bad, 9, 18)
+    assert all(np.array_equal(judged.star[k], full.star[k]) for k in judged.star)
+
+
+def test_zstd_batches_isolate_bad_frames_on_every_path():
+    """Frames gathered behind their magic numbers or given it in place, on one thread or several."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(1400, 1700, (W.ZSTD_THREADS_FROM + 100, 9, 12))
+    flat, ln = W.zstd_compress_rows(W.zstd_filter(x))
+    flat = flat.copy()
+    bad = rng.choice(len(ln), 5, replace=False)
+    st = np.cumsum(ln) - ln
+    flat[st[bad]] ^= 0xFF
+    flat[st[bad] + 1] ^= 0x5A
+    gap = 6  # the same frames with room before each: the magic number is written there
+    spaced = np.zeros(flat.size + gap * len(ln), np.uint8)
+    st_spaced = st + gap * (np.arange(len(ln)) + 1)
+    spaced[segment_index(st_spaced, ln)] = flat
+    for buf, starts in ((flat, st), (spaced, st_spaced)):
+        for size in (len(ln), 50):  # threads from ZSTD_THREADS_FROM frames, one thread below
+            out, ok = W.zstd_decompress_segments(buf, starts[:size], ln[:size], 216)
+            assert np.array_equal(np.flatnonzero(~ok), np.sort(bad[bad < size]))
+            assert np.array_equal(W.zstd_unfilter(out[ok], 12), x[:size][ok])
+            checked = W.zstd_decompress_segments(buf, starts[:size], ln[:size], 216, keep=False)
+            assert checked[0] is None and np.array_equal(checked[1], ok)

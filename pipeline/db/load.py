@@ -254,6 +254,12 @@ def _copy_rows(copy, enc: BinaryCopyEncoder, columns, order, method: str, block_
 # ---------------------------------------------------------------------------------------------- transits
 
 
+def empty_transits() -> dict:
+    """The rows of a chunk revision without transits: every column load_transits takes, no row."""
+    given = ("healpix", "chunk_id", "revision")  # derived or from the arguments
+    return {c.name: np.zeros(0, _NP[c.pgtype]) for c in TRANSIT_COLUMNS if c.name not in given}
+
+
 def _transit_rows(conn, rows: Mapping[str, np.ndarray], chunk_id: int, revision: int) -> dict:
     for key in ("chunk_id", "revision"):
         if key in rows:

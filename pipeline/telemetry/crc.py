@@ -41,6 +41,9 @@ def crc16(data: bytes | bytearray | memoryview, init: int = INIT) -> int:
     return crc
 
 
+CRC_BLOCK = 1 << 14  # segments per block: each block's bytes stay in the cache while its steps run
+
+
 def crc16_segments(buf: np.ndarray, starts, lengths) -> np.ndarray:
     """CRC of each segment buf[starts[i] : starts[i] + lengths[i]] -> uint16 array (no per-segment loop)."""
     buf = np.asarray(buf)
@@ -53,24 +56,40 @@ def crc16_segments(buf: np.ndarray, starts, lengths) -> np.ndarray:
         return np.zeros(0, dtype=np.uint16)
     if np.any(lengths < 0) or np.any(starts < 0) or np.any(starts + lengths > buf.size):
         raise ValueError("crc16_segments: segment outside the buffer")
+    # the big-endian 16-bit word at every byte offset of the range the segments cover
+    lo, hi = int(starts.min()), int((starts + lengths).max())
+    words = np.zeros(max(hi - lo, 1), dtype=np.uint16)
+    np.left_shift(buf[lo : hi - 1], 8, out=words[: hi - lo - 1], dtype=np.uint16)
+    words[: hi - lo - 1] |= buf[lo + 1 : hi]
+    out = np.empty(n, dtype=np.uint16)
+    in_file_order = np.argsort(starts, kind="stable")
+    for a in range(0, n, CRC_BLOCK):
+        sel = in_file_order[a : a + CRC_BLOCK]
+        out[sel] = _crc_block(buf, words, starts[sel] - lo, lengths[sel], lo)
+    return out
+
+
+def _crc_block(buf: np.ndarray, words: np.ndarray, starts: np.ndarray, lengths: np.ndarray, lo: int):
+    """crc16_segments of one block of segments, starts relative to lo (the start of words)."""
+    n = starts.size
     order = np.argsort(-lengths, kind="stable")
-    s = starts[order]
+    pos = starts[order]
     ln = lengths[order]
     crc = np.full(n, INIT, dtype=np.uint16)
     # active[j] = number of segments with at least 2j+2 bytes (a prefix, as ln is sorted descending)
-    neg = -ln
     n_pairs = int(ln[0]) // 2
-    active = np.searchsorted(neg, -(2 * np.arange(n_pairs, dtype=np.int64) + 2), side="right")
-    hi = np.empty(n, dtype=np.uint16)
+    active = np.searchsorted(-ln, -(2 * np.arange(n_pairs, dtype=np.int64) + 2), side="right")
+    word = np.empty(n, dtype=np.uint16)
     for j in range(n_pairs):
         m = int(active[j])
-        pos = s[:m] + 2 * j
-        np.left_shift(buf[pos], 8, out=hi[:m], dtype=np.uint16)
-        word = hi[:m] | buf[pos + 1]
-        crc[:m] = TABLE16[crc[:m] ^ word]
+        c = crc[:m]
+        np.take(words, pos[:m], out=word[:m])
+        c ^= word[:m]
+        np.take(TABLE16, c, out=c)
+        pos[:m] += 2
     odd = np.flatnonzero(ln & 1)
     if odd.size:
-        last = buf[s[odd] + ln[odd] - 1].astype(np.uint16)
+        last = buf[lo + starts[order][odd] + ln[odd] - 1].astype(np.uint16)
         c = crc[odd]
         crc[odd] = ((c << 8) & 0xFFFF) ^ TABLE8[(c >> 8) ^ last]
     out = np.empty(n, dtype=np.uint16)

@@ -58,8 +58,11 @@ class DecodedPass:
 # --- star packets ----------------------------------------------------------------------------------------
 
 
-def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
-    """Star packets at offsets -> (fields dict, samples (m, 9, 18) uint16, {index: reason} of bad ones)."""
+def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, samples: bool = True):
+    """Star packets at offsets -> (fields dict, samples (m, 9, 18) uint16, {index: reason} of bad ones).
+
+    With samples=False the payloads are only checked and the samples are None.
+    """
     m = offsets.size
     fixed = arr[(offsets + L.HEADER_LEN)[:, None] + np.arange(L.STAR_FIXED_LEN)]
     fx = fixed.copy().view(L.STAR_FIXED_DTYPE).reshape(m)
@@ -85,8 +88,12 @@ def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
     good[list(reasons)] = False
     idx = np.flatnonzero(good)
     pstart = offsets[idx] + L.HEADER_LEN + L.STAR_FIXED_LEN
-    samples = np.zeros((m, L.N_WINDOWS, L.MAX_SAMPLES), dtype=np.uint16)
-    samples[idx], bad = decompress_windows(arr, pstart, plen[idx], codec[idx], ns[idx])
+    x, bad = decompress_windows(arr, pstart, plen[idx], codec[idx], ns[idx], samples=samples)
+    if x is None or idx.size == m:
+        out = x
+    else:
+        out = np.zeros((m, L.N_WINDOWS, L.MAX_SAMPLES), dtype=np.uint16)
+        out[idx] = x
     reasons.update({int(idx[i]): "bad_payload: " + why for i, why in bad.items()})
     mag_class, fov, row = (np.asarray(v) for v in L.parse_star_apid(_apid_at(arr, offsets)))
     fields = {
@@ -101,7 +108,7 @@ def _decode_star(arr: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
         "al_offset": fx["al_offset"].astype(np.int8),
         "codec": fx["codec"].astype(np.uint8),
     }
-    return fields, samples, reasons
+    return fields, out, reasons
 
 
 # --- fixed-length kinds through ccsdspy ------------------------------------------------------------------
@@ -373,8 +380,12 @@ def _gap_problems(arr, a, b, hdr_pos, hdr_apid, hdr_seq, hdr_total, cand_ok, crc
     return out
 
 
-def decode_pass(data: bytes | np.ndarray, strict: bool = False) -> DecodedPass:
-    """Decode a pass (packets back to back, possibly damaged) -> DecodedPass; see the module docstring."""
+def decode_pass(data: bytes | np.ndarray, strict: bool = False, samples: bool = True) -> DecodedPass:
+    """Decode a pass (packets back to back, possibly damaged) -> DecodedPass; see the module docstring.
+
+    samples=False: every packet is judged exactly as with samples=True (the same packets and problems),
+    but the star windows are not unpacked and star has no "samples" (intake needs only the judgement).
+    """
     arr = _as_array(data)
     n = arr.size
     # 1. plausible primary headers at every offset (length not yet judged)
@@ -413,7 +424,7 @@ def decode_pass(data: bytes | np.ndarray, strict: bool = False) -> DecodedPass:
         problems.append(Problem(int(a_pos[i]), int(a_len[i]), reason, int(a_apid[i]), int(seq[acc[i]])))
     is_star = L.is_star_apid(a_apid) & ~bad
     si = np.flatnonzero(is_star)
-    star_fields, star_samples, star_reasons = _decode_star(arr, a_pos[si], a_len[si])
+    star_fields, star_samples, star_reasons = _decode_star(arr, a_pos[si], a_len[si], samples)
     for k, reason in sorted(star_reasons.items()):
         i = si[k]
         bad[i] = True
@@ -440,8 +451,10 @@ def decode_pass(data: bytes | np.ndarray, strict: bool = False) -> DecodedPass:
     star_ok[list(star_reasons)] = False
     sp = new_index[si[star_ok]]
     star = {"packet": sp, "obt": packets["obt"][sp], "apid": packets["apid"][sp], "seq": packets["seq"][sp]}
-    star.update({k: v[star_ok] for k, v in star_fields.items()})
-    star["samples"] = star_samples[star_ok]
+    every = bool(star_ok.all())
+    star.update({k: v if every else v[star_ok] for k, v in star_fields.items()})
+    if star_samples is not None:
+        star["samples"] = star_samples if every else star_samples[star_ok]
     fixed = {}
     for fapid, lay in L.FIXED_LAYOUTS.items():
         sel = np.flatnonzero(good_pkt & (a_apid == fapid))

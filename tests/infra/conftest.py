@@ -46,6 +46,7 @@ def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
 # The variables the tests need, rendered by Ansible itself for every host (templates resolved, vault open).
 HOST_VARS = (
     "soc_address", "soc_deployment", "soc_pki_dir", "soc_root", "soc_etc_dir", "soc_service_name",
+    "soc_incoming_dir",
     "postgresql_cluster", "postgresql_socket_dir", "postgresql_conf_dir", "postgresql_data_directory",
     "postgresql_users", "postgresql_connect_roles", "postgresql_read_roles", "postgresql_hba_entries",
     "vault_postgresql_passwords", "group_names",

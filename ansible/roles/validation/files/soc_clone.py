@@ -37,8 +37,8 @@ import time
 from contextlib import contextmanager
 
 CONFIG_GLOB = "/etc/postgresql/*/*/soc-clone.json"
-BASE_SUFFIX = ".base"            # the read-only snapshot a reset starts again from
-STATE_FILE = "soc-clone.json"    # in the clone subvolume, outside the data directory
+BASE_SUFFIX = ".base"  # the read-only snapshot a reset starts again from
+STATE_FILE = "soc-clone.json"  # in the clone subvolume, outside the data directory
 EXIT_FAILED, EXIT_REFUSED = 1, 3
 
 DEFAULTS = {
@@ -46,14 +46,14 @@ DEFAULTS = {
     "owner": "postgres",
     "port": 5432,
     "dbname": "soc",
-    "min_free": "15%",            # refuse below this much free space on the volume ("15%" or "4G")
+    "min_free": "15%",  # refuse below this much free space on the volume ("15%" or "4G")
     "verify_max_bytes": 64 << 20,  # pg_amcheck and exact row counts for tables up to this size
     "amcheck_schemas": ["pg_catalog"],
-    "grants": [],                 # [[role, member], ...]: GRANT role TO member, in the clone only
+    "grants": [],  # [[role, member], ...]: GRANT role TO member, in the clone only
     "elog_dsns": [],
     "spool_dir": "/var/lib/soc-clone",
-    "timeout": 600,               # seconds pg_ctl may wait for start and promotion
-    "nice": 10,                   # CPU and I/O priority of soc-clone and the clone's server (0: as is)
+    "timeout": 600,  # seconds pg_ctl may wait for start and promotion
+    "nice": 10,  # CPU and I/O priority of soc-clone and the clone's server (0: as is)
 }
 
 
@@ -66,6 +66,7 @@ class Failed(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def lsn_int(lsn: str) -> int:
     hi, lo = lsn.split("/")
@@ -90,8 +91,15 @@ class Clone:
     def __init__(self, cfg: dict):
         self.cfg = {**DEFAULTS, **cfg}
         c = self.cfg
-        for key in ("cluster", "source_cluster", "source_subvolume", "clone_subvolume", "volume",
-                    "socket_dir", "source_socket_dir"):
+        for key in (
+            "cluster",
+            "source_cluster",
+            "source_subvolume",
+            "clone_subvolume",
+            "volume",
+            "socket_dir",
+            "source_socket_dir",
+        ):
             if not c.get(key):
                 raise Failed(f"configuration lacks {key!r}")
         self.version = str(c["version"])
@@ -113,11 +121,14 @@ class Clone:
         env = dict(os.environ, LC_ALL="C", PGAPPNAME="soc-clone")
         if as_owner:
             env["HOME"] = self.owner.pw_dir
-        proc = subprocess.run(argv, capture_output=True, text=True, input=input, env=env,
-                              cwd="/", timeout=timeout, **kwargs)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, input=input, env=env, cwd="/", timeout=timeout, **kwargs
+        )
         if check and proc.returncode != 0:
-            raise Failed(f"{' '.join(argv[:4])}... exit {proc.returncode}: "
-                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+            raise Failed(
+                f"{' '.join(argv[:4])}... exit {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+            )
         return proc
 
     def popen(self, argv):
@@ -126,17 +137,25 @@ class Clone:
         if os.geteuid() != self.owner.pw_uid:
             kwargs = {"user": self.owner.pw_uid, "group": self.owner.pw_gid, "extra_groups": []}
         env = dict(os.environ, LC_ALL="C", PGAPPNAME="soc-clone", HOME=self.owner.pw_dir)
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                cwd="/", **kwargs)
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/", **kwargs
+        )
 
     def psql(self, socket_dir: str, sql: str, dbname: str | None = None, check=True):
         dsn = f"host={socket_dir} port={self.cfg['port']} dbname={dbname or self.cfg['dbname']}"
-        return self.run([f"{self.bindir}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", dsn],
-                        as_owner=True, input=sql, check=check)
+        return self.run(
+            [f"{self.bindir}/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", dsn],
+            as_owner=True,
+            input=sql,
+            check=check,
+        )
 
     def ctl(self, action: str, *extra: str, check=True):
-        return self.run(["pg_ctlcluster", self.version, self.cfg["cluster"], action, *extra], check=check,
-                        timeout=self.cfg["timeout"] + 30)
+        return self.run(
+            ["pg_ctlcluster", self.version, self.cfg["cluster"], action, *extra],
+            check=check,
+            timeout=self.cfg["timeout"] + 30,
+        )
 
     def pg_ctl(self, action: str, *extra: str, check=True):
         """pg_ctl on the clone's data directory, as the cluster owner. pg_ctlcluster start would cost 2 s
@@ -144,13 +163,21 @@ class Clone:
         succeed, 0.5 s apart. The start options are the ones pg_ctlcluster gives pg_ctl."""
         if action == "start":
             conf = f"/etc/postgresql/{self.version}/{self.cfg['cluster']}"
-            extra = ("-l", self.cfg.get("log_file") or
-                     f"/var/log/postgresql/postgresql-{self.version}-{self.cfg['cluster']}.log",
-                     "-o", f'-c config_file="{conf}/postgresql.conf" -c external_pid_file='
-                           f'"/var/run/postgresql/{self.version}-{self.cfg["cluster"]}.pid"',
-                     *extra)
-        return self.run([f"{self.bindir}/pg_ctl", action, "-D", self.data, "-s", *extra], as_owner=True,
-                        check=check, timeout=self.cfg["timeout"] + 30)
+            extra = (
+                "-l",
+                self.cfg.get("log_file")
+                or f"/var/log/postgresql/postgresql-{self.version}-{self.cfg['cluster']}.log",
+                "-o",
+                f'-c config_file="{conf}/postgresql.conf" -c external_pid_file='
+                f'"/var/run/postgresql/{self.version}-{self.cfg["cluster"]}.pid"',
+                *extra,
+            )
+        return self.run(
+            [f"{self.bindir}/pg_ctl", action, "-D", self.data, "-s", *extra],
+            as_owner=True,
+            check=check,
+            timeout=self.cfg["timeout"] + 30,
+        )
 
     @contextmanager
     def phase(self, name: str):
@@ -186,7 +213,7 @@ class Clone:
     @staticmethod
     def is_subvolume(path: str) -> bool:
         try:
-            return os.lstat(path).st_ino == 256    # the root directory of every btrfs subvolume
+            return os.lstat(path).st_ino == 256  # the root directory of every btrfs subvolume
         except FileNotFoundError:
             return False
 
@@ -212,8 +239,14 @@ class Clone:
         free = int(re.search(r"Free \(estimated\):\s+(\d+)", out).group(1))
         margin = str(self.cfg["min_free"]).strip()
         need = int(size * float(margin[:-1]) / 100) if margin.endswith("%") else parse_size(margin)
-        return {"volume": self.cfg["volume"], "size_bytes": size, "free_bytes": free,
-                "min_free": margin, "min_free_bytes": need, "enough": free >= need}
+        return {
+            "volume": self.cfg["volume"],
+            "size_bytes": size,
+            "free_bytes": free,
+            "min_free": margin,
+            "min_free_bytes": need,
+            "enough": free >= need,
+        }
 
     def read_state(self) -> dict | None:
         try:
@@ -236,18 +269,35 @@ class Clone:
         if os.path.exists(spool):
             with open(spool) as fh:
                 entries = [json.loads(line) for line in fh if line.strip()]
-        entries.append({"kind": kind, "subject": self.cfg["cluster"], "lsn": lsn, "seconds": seconds,
-                        "ok": ok, "details": details,
-                        "logged_at": dt.datetime.now(dt.UTC).isoformat()})
-        sql = "BEGIN;\n" + "".join(
-            "INSERT INTO elog (logged_at, kind, subject, lsn, seconds, ok, details) VALUES "
-            f"({quote(e['logged_at'])}, {quote(e['kind'])}, {quote(e['subject'])}, {quote(e['lsn'])}, "
-            f"{quote(e['seconds'])}, {quote(e['ok'])}, {quote(json.dumps(e['details']))});\n"
-            for e in entries) + "COMMIT;\n"
+        entries.append(
+            {
+                "kind": kind,
+                "subject": self.cfg["cluster"],
+                "lsn": lsn,
+                "seconds": seconds,
+                "ok": ok,
+                "details": details,
+                "logged_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+        )
+        sql = (
+            "BEGIN;\n"
+            + "".join(
+                "INSERT INTO elog (logged_at, kind, subject, lsn, seconds, ok, details) VALUES "
+                f"({quote(e['logged_at'])}, {quote(e['kind'])}, {quote(e['subject'])}, {quote(e['lsn'])}, "
+                f"{quote(e['seconds'])}, {quote(e['ok'])}, {quote(json.dumps(e['details']))});\n"
+                for e in entries
+            )
+            + "COMMIT;\n"
+        )
         errors = []
         for dsn in self.cfg["elog_dsns"]:
-            proc = self.run([f"{self.bindir}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn],
-                            as_owner=True, input=sql, check=False)
+            proc = self.run(
+                [f"{self.bindir}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn],
+                as_owner=True,
+                input=sql,
+                check=False,
+            )
             if proc.returncode == 0:
                 if os.path.exists(spool):
                     os.unlink(spool)
@@ -274,9 +324,11 @@ class Clone:
             space = self.free_space()
         out["space"] = space
         if not space["enough"]:
-            msg = (f"clone refused: {space['free_bytes'] / 2**30:.1f} GiB free on {space['volume']}, "
-                   f"below the margin of {space['min_free']} ({space['min_free_bytes'] / 2**30:.1f} GiB). "
-                   f"Destroy the clone (soc-clone destroy) or grow the volume; nothing was changed.")
+            msg = (
+                f"clone refused: {space['free_bytes'] / 2**30:.1f} GiB free on {space['volume']}, "
+                f"below the margin of {space['min_free']} ({space['min_free_bytes'] / 2**30:.1f} GiB). "
+                f"Destroy the clone (soc-clone destroy) or grow the volume; nothing was changed."
+            )
             out.update(ok=False, refused=msg)
             out["elog"] = self.elog("clone_refused", None, None, False, {"action": out["action"], **space})
             raise Refused(json.dumps(out))
@@ -305,7 +357,7 @@ class Clone:
         with self.phase("promote"):
             self.pg_ctl("promote", "-w", "-t", str(self.cfg["timeout"]))
         verify = self.verify(source)
-        out["ready_s"] = round(time.monotonic() - t_start, 3)     # usable and verified
+        out["ready_s"] = round(time.monotonic() - t_start, 3)  # usable and verified
         out["verify"] = verify
         out["ok"] = verify["ok"]
         out["lsn"] = verify.get("lsn")
@@ -316,8 +368,13 @@ class Clone:
         state["verify"] = {k: v for k, v in verify.items() if k != "counts"}
         self.write_state(self.subvol, state)
         with self.phase("record"):
-            details = {"action": out["action"], "source": source, "seconds": out["seconds"],
-                       "verify": verify, "free_bytes": space["free_bytes"]}
+            details = {
+                "action": out["action"],
+                "source": source,
+                "seconds": out["seconds"],
+                "verify": verify,
+                "free_bytes": space["free_bytes"],
+            }
             out["elog"] = self.elog("clone", out["lsn"], out["ready_s"], out["ok"], details)
         out["seconds"] = dict(self.timings)
         out["total_s"] = round(time.monotonic() - t_start, 3)
@@ -373,9 +430,15 @@ class Clone:
         if os.path.exists(auto):
             with open(auto) as fh:
                 lines = fh.readlines()
-            keep = [ln for ln in lines if not re.match(
-                r"\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_mode|"
-                r"archive_command|restore_command|recovery_target\w*)\s*=", ln)]
+            keep = [
+                ln
+                for ln in lines
+                if not re.match(
+                    r"\s*(primary_conninfo|primary_slot_name|synchronous_standby_names|archive_mode|"
+                    r"archive_command|restore_command|recovery_target\w*)\s*=",
+                    ln,
+                )
+            ]
             if keep != lines:
                 with open(auto, "w") as fh:
                     fh.writelines(keep)
@@ -385,19 +448,35 @@ class Clone:
         res: dict = {}
         sock = self.cfg["socket_dir"]
         limit = int(self.cfg["verify_max_bytes"])
-        amcheck = [f"{self.bindir}/pg_amcheck", "-h", sock, "-p", str(self.cfg["port"]),
-                   "-d", self.cfg["dbname"], "--no-strict-names", "-j", "2"]
+        amcheck = [
+            f"{self.bindir}/pg_amcheck",
+            "-h",
+            sock,
+            "-p",
+            str(self.cfg["port"]),
+            "-d",
+            self.cfg["dbname"],
+            "--no-strict-names",
+            "-j",
+            "2",
+        ]
         with self.phase("grant"):
             # write rights for validation, in the clone only; amcheck for pg_amcheck (in the clone only)
             sql = "".join(f'GRANT "{role}" TO "{member}";\n' for role, member in self.cfg["grants"])
             proc = self.psql(sock, sql + "CREATE EXTENSION IF NOT EXISTS amcheck;\n", check=False)
-        res["grants"] = {"ok": proc.returncode == 0, "granted": self.cfg["grants"],
-                         **({"error": proc.stderr.strip()} if proc.returncode else {})}
+        res["grants"] = {
+            "ok": proc.returncode == 0,
+            "granted": self.cfg["grants"],
+            **({"error": proc.stderr.strip()} if proc.returncode else {}),
+        }
         # the catalogs' check reads a few hundred MB (the clone's page cache is cold): it runs while the
         # row counts are taken
         t0 = time.monotonic()
-        catalogs = self.popen(amcheck + [a for s in self.cfg["amcheck_schemas"] for a in ("-s", s)]) \
-            if self.cfg["amcheck_schemas"] else None
+        catalogs = (
+            self.popen(amcheck + [a for s in self.cfg["amcheck_schemas"] for a in ("-s", s)])
+            if self.cfg["amcheck_schemas"]
+            else None
+        )
         with self.phase("counts"):
             # Row counts per table (a partitioned table as one): exact for tables up to verify_max_bytes,
             # otherwise the planner's estimate (reltuples scaled to the current size), marked so.
@@ -438,8 +517,7 @@ class Clone:
         res["counts"] = counts["tables"]
         # the copy holds at least everything the standby had replayed when it was snapshotted
         res["lsn_ok"] = res["lsn"] is not None and lsn_int(res["lsn"]) >= lsn_int(source["replay_lsn"])
-        res["replayed_wal_bytes"] = (lsn_int(res["lsn"]) - lsn_int(source["redo_lsn"])
-                                     if res["lsn"] else None)
+        res["replayed_wal_bytes"] = lsn_int(res["lsn"]) - lsn_int(source["redo_lsn"]) if res["lsn"] else None
 
         # pg_amcheck of the small tables (and their indexes and TOAST), then the catalogs' result
         # one pattern per schema: each -t costs a match against every relation (~0.15 s with 87,000)
@@ -449,16 +527,27 @@ class Clone:
             by_schema.setdefault(schema or "public", []).append(re.escape(name.strip('"')))
         procs = [catalogs] if catalogs else []
         if by_schema:
-            procs.append(self.popen(amcheck + [a for schema, names in sorted(by_schema.items()) for a in (
-                "-t", f"{self.cfg['dbname']}.{re.escape(schema)}.({'|'.join(names)})")]))
+            procs.append(
+                self.popen(
+                    amcheck
+                    + [
+                        a
+                        for schema, names in sorted(by_schema.items())
+                        for a in ("-t", f"{self.cfg['dbname']}.{re.escape(schema)}.({'|'.join(names)})")
+                    ]
+                )
+            )
         outputs = [p.communicate(timeout=self.cfg["timeout"]) for p in procs]
-        self.timings["amcheck"] = round(time.monotonic() - t0, 3)    # from its start, alongside counts
-        res["amcheck"] = {"ok": all(p.returncode == 0 for p in procs), "schemas": self.cfg["amcheck_schemas"],
-                          "tables": counts["small"], "max_bytes": limit,
-                          "output": "\n".join((o + e).strip() for o, e in outputs).strip()[-4000:]}
+        self.timings["amcheck"] = round(time.monotonic() - t0, 3)  # from its start, alongside counts
+        res["amcheck"] = {
+            "ok": all(p.returncode == 0 for p in procs),
+            "schemas": self.cfg["amcheck_schemas"],
+            "tables": counts["small"],
+            "max_bytes": limit,
+            "output": "\n".join((o + e).strip() for o, e in outputs).strip()[-4000:],
+        }
 
-        res["ok"] = (not res["in_recovery"] and res["lsn_ok"] and res["amcheck"]["ok"]
-                     and res["grants"]["ok"])
+        res["ok"] = not res["in_recovery"] and res["lsn_ok"] and res["amcheck"]["ok"] and res["grants"]["ok"]
         return res
 
     def end_of_recovery_lsn(self) -> str | None:
@@ -486,15 +575,26 @@ class Clone:
         out["total_s"] = round(time.monotonic() - t_start, 3)
         out["ok"] = True
         with self.phase("record"):
-            out["elog"] = self.elog("clone_destroyed", (state or {}).get("lsn"), out["total_s"], True,
-                                    {"deleted": out["deleted"], "free_bytes": out["space"]["free_bytes"]})
+            out["elog"] = self.elog(
+                "clone_destroyed",
+                (state or {}).get("lsn"),
+                out["total_s"],
+                True,
+                {"deleted": out["deleted"], "free_bytes": out["space"]["free_bytes"]},
+            )
         return out
 
     def status(self) -> dict:
-        return {"action": "status", "cluster": self.name, "running": self.running(),
-                "clone": self.subvol if self.is_subvolume(self.subvol) else None,
-                "base": self.base if self.is_subvolume(self.base) else None,
-                "last": self.read_state(), "space": self.free_space(), "ok": True}
+        return {
+            "action": "status",
+            "cluster": self.name,
+            "running": self.running(),
+            "clone": self.subvol if self.is_subvolume(self.subvol) else None,
+            "base": self.base if self.is_subvolume(self.base) else None,
+            "last": self.read_state(),
+            "space": self.free_space(),
+            "ok": True,
+        }
 
 
 def load_config(path: str | None) -> dict:
@@ -531,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         text = str(exc)
         if text.startswith("{"):
             print(text)
-            print("soc-clone: the clone did not verify (see \"verify\")", file=sys.stderr)
+            print('soc-clone: the clone did not verify (see "verify")', file=sys.stderr)
         else:
             print(f"soc-clone: {text}", file=sys.stderr)
         return EXIT_FAILED
