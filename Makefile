@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
-.PHONY: up test deps venv lint unit infra provision bench clean
+.PHONY: up test deps venv vault lint unit infra provision bench clean
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -36,12 +36,16 @@ venv: $(BIN)/soc
 up: provision
 	cd ansible && ansible-playbook -i $(CURDIR)/$(INVENTORY) replay.yml -e replay_date=$(DAY) -e replay_scale=$(SCALE)
 
-# Every host of the inventory, by ansible-playbook site.yml (its vault made first where it is local).
-provision: venv
+# The inventory's vault and its password file (ansible.cfg names it: every ansible command reads it),
+# made on this machine with random passwords unless they exist (ansible/bin/make-vault).
+vault: venv
 	ansible/bin/make-vault $(INVENTORY)
+
+# Every host of the inventory, by ansible-playbook site.yml.
+provision: vault
 	cd ansible && ansible-playbook -i $(CURDIR)/$(INVENTORY) site.yml -e soc_pipeline_catalogue_scale=$(SCALE)
 
-lint: venv
+lint: vault
 	$(BIN)/ruff check .
 	$(BIN)/yamllint --strict .
 	ansible-lint
