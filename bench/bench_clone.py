@@ -13,8 +13,8 @@ in the eLog table). It
      with their ratio;
   3. at the largest size runs a fixed ingest workload on the primary through the synchronous replica
      (pgbench, --clients sessions, each transaction one INSERT of 100 rows of ~200 bytes) for --ingest-s
-     seconds, takes a clone every --ingest-every seconds meanwhile, and compares the rate inside the takes
-     with the rate outside them;
+     seconds without clones, then again taking a clone every --ingest-every seconds, and compares the
+     rates of the two runs, and within the second the rate inside the takes with the rate outside them;
   4. drops its tables, removes the base backup, and takes a fresh clone (so that the volume does not keep
      the bench's data in an old snapshot).
 
@@ -114,7 +114,9 @@ def basebackup(target_dir: str) -> float:
     return seconds
 
 
-def ingest_with_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
+def ingest(config: str | None, seconds: int, every: int | None, clients: int) -> tuple[list, list]:
+    """pgbench's fixed INSERT workload on the primary for `seconds`, a clone taken every `every` seconds
+    meanwhile (None: none) -> (transaction end times, clone windows)."""
     sql(
         "CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
         "payload text) WITH (autovacuum_enabled = false)"
@@ -138,27 +140,16 @@ def ingest_with_clones(config: str | None, seconds: int, every: int, clients: in
             time.sleep(max(0.0, every - (time.time() - t0)))
 
     t_end = time.time() + seconds
-    th = threading.Thread(target=clones)
-    th.start()
+    th = threading.Thread(target=clones) if every else None
+    if th:
+        th.start()
     as_postgres(
-        [
-            f"{BIN}/pgbench",
-            "-n",
-            "-h",
-            PRIMARY,
-            "-c",
-            str(clients),
-            "-T",
-            str(seconds),
-            "-f",
-            script,
-            "-l",
-            f"--log-prefix={work}/log",
-            DB,
-        ],
+        [f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds), "-f", script, "-l",
+         f"--log-prefix={work}/log", DB],
         cwd=work,
-    )
-    th.join()
+    )  # fmt: skip
+    if th:
+        th.join()
     ends = []
     for path in glob.glob(f"{work}/log*"):
         with open(path) as fh:
@@ -166,20 +157,31 @@ def ingest_with_clones(config: str | None, seconds: int, every: int, clients: in
                 f = line.split()
                 ends.append(int(f[4]) + int(f[5]) / 1e6)  # epoch s, us of the transaction's end
     shutil.rmtree(work)
-    ends.sort()
-    start, stop = ends[0], ends[-1]
+    sql("DROP TABLE bench_clone_ingest")
+    return sorted(ends), windows
+
+
+def ingest_with_and_without_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
+    """The same workload twice, without clones and with one every `every` s: the rate over each whole run
+    (what operations sees over a day), and within the run with clones, inside the takes vs outside them
+    (the worst case: the seconds a take lasts)."""
+    quiet, _ = ingest(config, seconds, None, clients)
+    ends, windows = ingest(config, seconds, every, clients)
+    rate_quiet = len(quiet) / (quiet[-1] - quiet[0])
+    rate_with = len(ends) / (ends[-1] - ends[0])
     inside = sum(1 for e in ends if any(a <= e < b for a, b in windows))
     t_inside = sum(b - a for a, b in windows)
-    t_outside = (stop - start) - t_inside
+    t_outside = (ends[-1] - ends[0]) - t_inside
     rate_in, rate_out = inside / t_inside, (len(ends) - inside) / t_outside
-    sql("DROP TABLE bench_clone_ingest")
     return {
-        "transactions": len(ends),
         "takes": len(windows),
         "seconds_in_takes": round(t_inside, 1),
-        "rows_per_s_without": round(rate_out * 100),
+        "rows_per_s_no_clones": round(rate_quiet * 100),
+        "rows_per_s_with_clones": round(rate_with * 100),
+        "run_ratio": round(rate_with / rate_quiet, 3),
+        "rows_per_s_outside_takes": round(rate_out * 100),
         "rows_per_s_during_take": round(rate_in * 100),
-        "ratio": round(rate_in / rate_out, 3),
+        "take_ratio": round(rate_in / rate_out, 3),
     }
 
 
@@ -234,7 +236,7 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
         print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s", flush=True)
-        ingest = ingest_with_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
+        ingest = ingest_with_and_without_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
         print(json.dumps(ingest), flush=True)
     finally:
         shutil.rmtree(bb_dir, ignore_errors=True)
@@ -250,8 +252,10 @@ def main() -> None:
             f"{r['basebackup_over_clone']:.1f}x"
         )
     print(
-        f"ingest during a take / without: {ingest['ratio']:.3f} "
-        f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_without']} rows/s)"
+        f"ingest over a run with a clone every {args.ingest_every} s / without: {ingest['run_ratio']:.3f} "
+        f"({ingest['rows_per_s_with_clones']} vs {ingest['rows_per_s_no_clones']} rows/s)\n"
+        f"ingest during a take / outside the takes: {ingest['take_ratio']:.3f} "
+        f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_outside_takes']} rows/s)"
     )
 
 

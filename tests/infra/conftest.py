@@ -43,13 +43,27 @@ def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+def playbook_failure(run: subprocess.CompletedProcess) -> str:
+    """What an assertion on a playbook run shows: every failed task under its header, then the recap and the
+    end of stderr (the whole log is too long for a report, and its tail rarely names the failure)."""
+    lines = run.stdout.splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith(("fatal:", "failed:"))]
+    shown = []
+    headers = ("TASK [", "RUNNING HANDLER [")
+    for i in failed:
+        header = next((j for j in range(i, -1, -1) if lines[j].startswith(headers)), i)
+        shown += [*lines[header : i + 1], "..."]
+    recap = next((j for j, line in enumerate(lines) if line.startswith("PLAY RECAP")), len(lines))
+    return "\n".join(shown + lines[recap:]) + "\n" + run.stderr[-2000:]
+
+
 # The variables the tests need, rendered by Ansible itself for every host (templates resolved, vault open).
 HOST_VARS = (
     "soc_address", "soc_deployment", "soc_pki_dir", "soc_root", "soc_etc_dir", "soc_service_name",
     "soc_incoming_dir",
     "postgresql_cluster", "postgresql_socket_dir", "postgresql_conf_dir", "postgresql_data_directory",
     "postgresql_users", "postgresql_connect_roles", "postgresql_read_roles", "postgresql_hba_entries",
-    "vault_postgresql_passwords", "group_names",
+    "vault_postgresql_passwords", "group_names", "cow_mount", "db_replica_wal_directory",
 )  # fmt: skip
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-from tests.infra.conftest import run_playbook
+from tests.infra.conftest import playbook_failure, run_playbook
 
 
 def test_a_second_site_run_changes_nothing(topology):
     run = run_playbook("site.yml")
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, playbook_failure(run)
     recap = dict(re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", run.stdout, re.MULTILINE))
     assert set(recap) == set(topology.hostvars), recap
     changed = {h: int(n) for h, n in recap.items() if int(n)}

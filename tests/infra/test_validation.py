@@ -4,6 +4,7 @@ independent of operations, recorded in the eLog."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 
@@ -62,3 +63,29 @@ def test_the_validation_login_reads_operations_only_through_its_grants(topology)
     with connect(topology, live_primary(topology), "soc_validation") as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("DELETE FROM elog")
+
+
+def test_the_clone_gets_operations_passwords_back(topology, clone_host):
+    """A clone keeps the passwords of its snapshot; soc-clone sync-passwords (run by every provisioning,
+    and by every take and reset) gives it operations' current ones."""
+    stale = f"ALTER ROLE soc_validation PASSWORD 'stale-{secrets.token_hex(8)}'"
+    superuser_query(topology, clone_host, stale)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(topology, clone_host, "soc_validation").close()
+    run = subprocess.run(["/usr/local/sbin/soc-clone", "sync-passwords"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["passwords_synced"] == ["soc_validation"]
+    with connect(topology, clone_host, "soc_validation") as clone:
+        assert clone.execute("SELECT current_user").fetchone() == ("soc_validation",)
+    again = subprocess.run(["/usr/local/sbin/soc-clone", "sync-passwords"], capture_output=True, text=True)
+    assert json.loads(again.stdout)["passwords_synced"] == []
+
+
+def test_the_standbys_wal_is_off_the_copy_on_write_volume(topology):
+    """Snapshots commit the whole btrfs file system; the WAL flushes synchronous commits wait for must not
+    queue behind them (docs/validation.md)."""
+    for host in topology.groups["db_replica"]:
+        wal_dir = topology.var(host, "db_replica_wal_directory")
+        pg_wal = os.path.join(topology.var(host, "postgresql_data_directory"), "pg_wal")
+        assert os.path.islink(pg_wal) and os.path.realpath(pg_wal) == wal_dir
+        assert not wal_dir.startswith(topology.var(host, "cow_mount").rstrip("/") + "/")

@@ -29,7 +29,7 @@ from pipeline.landing import deliver
 from pipeline.reduction import make_reducer
 from pipeline.replay import wait_processed
 from pipeline.simulate.run import SimConfig, simulate
-from tests.infra.conftest import live_primary, run_playbook, superuser_query
+from tests.infra.conftest import live_primary, playbook_failure, run_playbook, superuser_query
 
 FIRST_DAY = date(2016, 8, 5)  # drill: the first two days from here that operations has no delivery of
 FAULTS = ("gap", "duplicate", "bitflip", "truncate", "repeat_pass")
@@ -118,7 +118,7 @@ def test_kill_the_primary_during_ingest_fail_over_and_lose_nothing(day, referenc
         h for h in topology.groups["db_servers"] if h != primary), query)[0][0])  # fmt: skip
 
     failover = run_playbook("failover.yml")
-    assert failover.returncode == 0, failover.stdout[-4000:] + failover.stderr[-2000:]
+    assert failover.returncode == 0, playbook_failure(failover)
     new_primary = live_primary(topology)
     assert new_primary != primary
     assert superuser_query(topology, primary, "SELECT pg_is_in_recovery()") == [["t"]]
@@ -141,7 +141,7 @@ def test_switch_back_to_the_inventorys_primary(topology):
     if live_primary(topology) == topology.groups["db_primary"][0]:
         pytest.skip("already the inventory's primary")
     switchover = run_playbook("switchover.yml")
-    assert switchover.returncode == 0, switchover.stdout[-4000:] + switchover.stderr[-2000:]
+    assert switchover.returncode == 0, playbook_failure(switchover)
     assert live_primary(topology) == topology.groups["db_primary"][0]
     rows = superuser_query(topology, topology.groups["db_primary"][0],
                            "SELECT application_name, sync_state FROM pg_stat_replication")  # fmt: skip

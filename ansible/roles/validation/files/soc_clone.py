@@ -4,11 +4,15 @@
 The source is a hot standby whose data directory lives in a btrfs subvolume. A clone costs a CHECKPOINT
 on the standby (a restartpoint: nothing runs on the primary), two snapshots, and the start and promotion
 of a PostgreSQL cluster of its own on the snapshot; its time does not grow with the size of the database.
+A standby whose pg_wal links off the volume (so that snapshots never hold up its WAL flushes) gets the WAL
+from its redo point on copied into the snapshot.
 
     soc-clone take       a new clone of the source as it is now
     soc-clone reset      the clone back to the state of its last take (same data, same LSN)
     soc-clone destroy    stop the clone and delete its subvolumes (waits until btrfs has freed them)
     soc-clone status     what is there
+    soc-clone sync-passwords   the login roles' passwords as operations has them now (take and reset
+                         do it too; provisioning runs it after the vault's passwords change)
 
 Every take, refusal and destroy is appended to the eLog table of the operations primary (the first of
 `elog_dsns` that accepts the row; if none does, the entry is kept in a spool file and sent by the next
@@ -53,7 +57,7 @@ DEFAULTS = {
     "elog_dsns": [],
     "spool_dir": "/var/lib/soc-clone",
     "timeout": 600,  # seconds pg_ctl may wait for start and promotion
-    "nice": 10,  # CPU and I/O priority of soc-clone and the clone's server (0: as is)
+    "nice": 19,  # CPU and I/O priority of soc-clone and the clone's server (0: as is)
 }
 
 
@@ -347,7 +351,11 @@ class Clone:
             with self.phase("checkpoint"):
                 source = self.checkpoint_source()
             with self.phase("snapshot"):
-                self.run(["btrfs", "subvolume", "snapshot", "-r", self.cfg["source_subvolume"], self.base])
+                self.run(["btrfs", "subvolume", "snapshot", self.cfg["source_subvolume"], self.base])
+            with self.phase("wal"):
+                source["wal_copied_bytes"] = self.own_wal(os.path.join(self.base, self.data_rel))
+            with self.phase("snapshot"):
+                self.run(["btrfs", "property", "set", "-ts", self.base, "ro", "true"])
         with self.phase("snapshot"):
             self.run(["btrfs", "subvolume", "snapshot", self.base, self.subvol])
         self.prepare_copy()
@@ -356,6 +364,8 @@ class Clone:
             self.pg_ctl("start", "-w", "-t", str(self.cfg["timeout"]))
         with self.phase("promote"):
             self.pg_ctl("promote", "-w", "-t", str(self.cfg["timeout"]))
+        with self.phase("passwords"):
+            out["passwords_synced"] = self.sync_passwords()
         verify = self.verify(source)
         out["ready_s"] = round(time.monotonic() - t_start, 3)  # usable and verified
         out["verify"] = verify
@@ -403,6 +413,64 @@ class Clone:
             # after a switchover the source may be the operations primary: no CHECKPOINT there
             info["note"] = "source is not a standby: no CHECKPOINT; the clone replays from its last one"
         return info
+
+    def own_wal(self, data: str) -> int | None:
+        """A standby whose pg_wal links off the volume (db_replica_wal_directory, so that a snapshot's commit
+        never holds up the WAL flushes synchronous commits wait for) leaves only the link in the snapshot.
+        The snapshot's data directory then gets a pg_wal of its own: every segment from its redo point on,
+        copied from the standby's WAL directory after the snapshot, so it holds all the WAL the snapshot's
+        pages depend on (the standby flushes WAL before it writes a page); replaying further is what a
+        standby does anyway. Returns the bytes copied (None: pg_wal was in the snapshot)."""
+        wal = os.path.join(data, "pg_wal")
+        if not os.path.islink(wal):
+            return None
+        source_wal = os.readlink(wal)
+        control = self.run([f"{self.bindir}/pg_controldata", data], as_owner=True).stdout
+        match = re.search(r"^Latest checkpoint's REDO WAL file:\s*([0-9A-F]{24})$", control, re.M)
+        if not match:
+            raise Failed(f"pg_controldata {data} names no REDO WAL file")
+        redo_segment = match.group(1)[8:]  # the segment number; the timeline is the first 8 digits
+        os.unlink(wal)
+        copied = 0
+        for directory in (wal, os.path.join(wal, "archive_status")):
+            os.mkdir(directory, 0o700)
+            os.chown(directory, self.owner.pw_uid, self.owner.pw_gid)
+        names = sorted(os.listdir(source_wal))
+        wanted = [
+            n
+            for n in names
+            if n.endswith(".history") or (re.fullmatch(r"[0-9A-F]{24}", n) and n[8:] >= redo_segment)
+        ]
+        for name in wanted:
+            target = os.path.join(wal, name)
+            try:
+                shutil.copyfile(os.path.join(source_wal, name), target)
+            except FileNotFoundError:  # recycled meanwhile: past the end of what the copy needs
+                continue
+            os.chown(target, self.owner.pw_uid, self.owner.pw_gid)
+            os.chmod(target, 0o600)
+            copied += os.path.getsize(target)
+        return copied
+
+    def sync_passwords(self) -> list[str]:
+        """The login roles' passwords as operations has them now. A clone keeps those of its snapshot, and
+        a reset goes back to them, but the vault's may have changed since (provisioning sets them on the
+        primary; the standby has them by replication): copy the SCRAM verifiers, never a password, from
+        the source to the clone. Returns the roles changed."""
+        query = (
+            "SELECT coalesce(json_object_agg(rolname, rolpassword), '{}') FROM pg_authid"
+            " WHERE rolcanlogin AND rolpassword IS NOT NULL"
+        )
+        source = json.loads(self.psql(self.cfg["source_socket_dir"], query, dbname="postgres").stdout)
+        clone = json.loads(self.psql(self.cfg["socket_dir"], query, dbname="postgres").stdout)
+        changed = sorted(role for role, secret in source.items() if role in clone and clone[role] != secret)
+        if changed:
+            sql = "".join(
+                'ALTER ROLE "{}" PASSWORD {};\n'.format(role.replace('"', '""'), quote(source[role]))
+                for role in changed
+            )
+            self.psql(self.cfg["socket_dir"], sql, dbname="postgres")
+        return changed
 
     def read_base_state(self) -> dict:
         try:
@@ -610,7 +678,7 @@ def load_config(path: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="soc-clone", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help=f"the clone's configuration (default: the one {CONFIG_GLOB})")
-    ap.add_argument("action", choices=["take", "reset", "destroy", "status"])
+    ap.add_argument("action", choices=["take", "reset", "destroy", "status", "sync-passwords"])
     args = ap.parse_args(argv)
     try:
         clone = Clone(load_config(args.config))
@@ -620,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
             with clone.lock():
                 if args.action == "destroy":
                     out = clone.destroy()
+                elif args.action == "sync-passwords":
+                    if not clone.running():
+                        raise Failed(f"{clone.name} is not running: nothing to sync (take a clone first)")
+                    out = {"cluster": clone.name, "passwords_synced": clone.sync_passwords()}
                 else:
                     out = clone.take(reset=args.action == "reset")
     except Refused as exc:
