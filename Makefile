@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
-.PHONY: up test deps venv vault lint unit infra provision bench clean
+.PHONY: up test deps venv vault lint unit infra provision bench clean jenkins-golden
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -59,6 +59,10 @@ infra: provision
 
 # The whole suite.
 test: lint unit infra
+
+# The Jenkins jobs' golden XML (jenkins/golden/), after an intended change of jenkins/: review git diff jenkins/golden
+jenkins-golden: venv
+	jenkins/render --update-golden
 
 bench: venv
 	$(MAKE) --no-print-directory deps APT_PACKAGES=postgresql-15-q3c
