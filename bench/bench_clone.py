@@ -169,6 +169,8 @@ def ingest_with_and_without_clones(config: str | None, seconds: int, every: int,
     ends, windows = ingest(config, seconds, every, clients)
     rate_quiet = len(quiet) / (quiet[-1] - quiet[0])
     rate_with = len(ends) / (ends[-1] - ends[0])
+    # the takes' windows within the span of the transactions (a take may end after the last one)
+    windows = [(max(a, ends[0]), min(b, ends[-1])) for a, b in windows if a < ends[-1] and b > ends[0]]
     inside = sum(1 for e in ends if any(a <= e < b for a, b in windows))
     t_inside = sum(b - a for a, b in windows)
     t_outside = (ends[-1] - ends[0]) - t_inside
