@@ -17,6 +17,15 @@ ALL_ANOMALIES = ("temperature_excursion", "focus_drift", "bias_jump")
 _db_names = itertools.count()
 
 
+def migrated_database(server: LocalServer, name: str, settings: dict) -> str:
+    """A fresh database NAME on the server (dropped first if there), migrated with these soc_settings."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    migrate.init(server.dsn(name), settings)
+    return server.dsn(name)
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     server = LocalServer(settings=THROWAWAY_SETTINGS).start()

@@ -16,7 +16,6 @@ import pytest
 
 from pipeline.chunks import reduce_due, reduce_due_parallel
 from pipeline.cli import main
-from pipeline.db import migrate
 from pipeline.db.checksums import checksums, table_checksum
 from pipeline.distribute import verify_product
 from pipeline.intake import ingest_file, pending_files
@@ -25,7 +24,7 @@ from pipeline.reduce.crossmatch import is_new_source_id
 from pipeline.reduction import ChunkReducer, ReductionError, WorkingCatalogue, make_reducer
 from pipeline.simulate.run import SimConfig, simulate
 
-from .conftest import ALL_ANOMALIES
+from .conftest import ALL_ANOMALIES, migrated_database
 
 SEED, SCALE, CHUNK_S = 11, 0.0003, 1800
 
@@ -43,14 +42,9 @@ def roomy_day(tmp_path_factory):
 
 def _database(pg_server, name: str) -> str:
     """A fresh, initialised database for the simulated day's settings (a tight lateness deadline)."""
-    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name}")
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = pg_server.dsn(name)
     settings = {"chunk_seconds": CHUNK_S, "healpix_order": 2, "catalogue_seed": SEED,
                 "catalogue_scale": SCALE, "lateness_seconds": 600}  # fmt: skip
-    migrate.init(dsn, settings)
-    return dsn
+    return migrated_database(pg_server, name, settings)
 
 
 @pytest.fixture(scope="module")
