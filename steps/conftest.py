@@ -1,0 +1,570 @@
+"""Step definitions of the acceptance features (features/*.feature), shared by every feature, and the
+fixtures that do the process control (steps/environments.py, steps/telemetry.py).
+
+Run as root on the machine of the local topology (soc-clone and the superuser queries need it):
+
+    pytest steps --cucumberjson=reports/cucumber.json --junitxml=reports/acceptance.xml
+
+The topology's variables come from the Ansible inventory (tests/infra/conftest.py: `topology`, the same
+fixture as the testinfra suite), `SOC_INVENTORY` choosing another one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from pytest_bdd import given, parsers, then, when
+
+from pipeline.alerts.gaia_lightcurves import lightcurve_paths, read_lightcurve
+from pipeline.alerts.realdata import replay_all
+from pipeline.chunks import LOWEST_PRIORITY_APIDS, horizon
+from steps.environments import Harness, describe
+from steps.telemetry import SETS, DayAllocator, TelemetrySet, make_set
+from tests.infra.conftest import live_primary, superuser_query, topology  # noqa: F401  (the fixture)
+
+OUTLINE_SETS = pytest.StashKey[list]()
+INTAKE_TABLES = ["deliveries", "packet_ledger", "quarantine", "raw_packets"]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """The telemetry sets of the selected examples of validation_vs_operations: delivered together."""
+    sets: list[str] = []
+    for item in items:
+        example = getattr(getattr(item, "callspec", None), "params", {}).get("_pytest_bdd_example") or {}
+        if example.get("telemetry") in SETS and example["telemetry"] not in sets:
+            sets.append(example["telemetry"])
+    config.stash[OUTLINE_SETS] = sets
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def harness(topology, request, work) -> Harness:  # noqa: F811
+    return Harness(topology, request.config.rootpath / "reports", work / "compare")
+
+
+@pytest.fixture(scope="session")
+def work(request) -> Path:
+    """The session's files (simulated telemetry, manifests compared) under var/acceptance/ of the
+    repository, not pytest's temporary directories (another pytest session on the machine prunes those).
+    The previous sessions' files are removed: their days are delivered, no later session uses them."""
+    base = request.config.rootpath / "var" / "acceptance"
+    for old in base.glob("[0-9]*T[0-9]*"):
+        shutil.rmtree(old, ignore_errors=True)
+    root = base / time.strftime("%Y%m%dT%H%M%S")
+    root.mkdir(parents=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def telemetry(harness, work):
+    """telemetry(name) -> TelemetrySet: simulated once per session, on days operations has none of."""
+    settings = dict(harness.primary_query("SELECT key, value FROM soc_settings"))
+    allocator = DayAllocator({n for (n,) in harness.primary_query("SELECT file_name FROM deliveries")})
+    out = work / "telemetry"
+    out.mkdir()
+    made: dict[str, TelemetrySet] = {}
+
+    def get(name: str) -> TelemetrySet:
+        if name not in made:
+            spec = SETS[name]
+            made[name] = make_set(name, spec, allocator.take(spec), int(settings["catalogue_seed"]),
+                                  float(settings["catalogue_scale"]), out)  # fmt: skip
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def session_clone(harness):
+    """One clone for the comparison of validation with operations, taken before the session's first
+    replay: every example's telemetry then goes through both environments from the same state."""
+    return harness.take_clone()
+
+
+@pytest.fixture(scope="session")
+def replayed_sets(harness, session_clone, telemetry, request) -> dict[str, TelemetrySet]:
+    """Every telemetry set of the selected examples, delivered once, in the order of their days."""
+    sets = sorted((telemetry(n) for n in request.config.stash[OUTLINE_SETS]), key=lambda s: s.day)
+    for s in sets:
+        harness.deliver(s.files)
+    return {s.name: s for s in sets}
+
+
+@pytest.fixture(scope="session")
+def gaia_replay() -> dict[str, dict]:
+    """The real Gaia light curves, each replayed visit by visit through `evaluate` (realdata)."""
+    return {row["name"]: row for row in replay_all()}
+
+
+@pytest.fixture
+def ctx(request) -> SimpleNamespace:
+    """What a scenario's steps hand on: the telemetry set, the names delivered, results."""
+    example = getattr(getattr(request.node, "callspec", None), "params", {}).get("_pytest_bdd_example", {})
+    return SimpleNamespace(set=None, names=[], held=None, example=example, result=None, alerts=None)
+
+
+# ------------------------------------------------------------------------------------------ background
+@given("the local topology is provisioned")
+def topology_is_provisioned(harness):
+    primary = live_primary(harness.topology)
+    assert superuser_query(harness.topology, primary, "SELECT count(*) FROM schema_migrations")[0][0] != "0"
+    for env in harness.env.values():
+        assert env.config_path.exists(), f"{env.name}: no configuration {env.config_path}"
+        env.query("SELECT 1 FROM soc_settings LIMIT 1")
+
+
+@given("a clone of operations has been taken for validation")
+def clone_taken(session_clone):
+    assert session_clone.summary["verify"]["ok"], session_clone.summary
+
+
+# ------------------------------------------------------------------------------------------- telemetry
+@when(parsers.parse("the {name} is delivered to the incoming directory"))
+def outline_set_delivered(name, replayed_sets, ctx):
+    assert name in replayed_sets, f"{name}: not among the sets delivered ({list(replayed_sets)})"
+    ctx.set = replayed_sets[name]
+    ctx.names = ctx.set.names
+
+
+@then(parsers.re(r"(?P<env>operations|validation) has ingested and reduced every (?:delivery of (?:the )?"
+                 r"(?P<what>.+?)|delivered pass) within (?P<seconds>\d+) seconds"))  # fmt: skip
+def processed_within(env, what, seconds, harness, ctx):
+    assert ctx.names, "nothing was delivered in this scenario"
+    state = harness.wait(env, ctx.names, float(seconds))
+    assert state.deliveries == len(ctx.names)
+
+
+@then(parsers.parse("both environments have processed every delivery of this run within {seconds:d} seconds"))
+def both_quiet(seconds, harness):
+    harness.wait_quiet(float(seconds))
+
+
+# -------------------------------------------------------------------------------------------- compare
+@when("the alerts run in operations and in validation")
+def alerts_both(harness, ctx):
+    ctx.alerts = harness.run_alerts(("operations", "validation"))
+
+
+def _label(ctx) -> str:
+    return ctx.example.get("telemetry") or (ctx.set.name if ctx.set else "comparison")
+
+
+@then("the Main Database contents of operations and validation are identical")
+def databases_identical(harness, ctx):
+    ctx.result = harness.compare(_label(ctx))
+    tables = ctx.result.tables
+    assert all(not t.differences for t in tables), (
+        f"operations and validation differ (report {harness.reports}/compare-*.html):\n"
+        + describe(ctx.result, tables)
+    )
+
+
+def _tables_identical(ctx, names: list[str]):
+    found = {t.table: t for t in ctx.result.all_tables}
+    missing = [n for n in names if n not in found]
+    assert not missing, f"not compared: {missing}"
+    differing = [found[n] for n in names if found[n].differences]
+    assert not differing, describe(ctx.result, differing)
+    return [found[n] for n in names]
+
+
+@then("their chunk manifests are identical")
+def manifests_identical(ctx):
+    (m,) = _tables_identical(ctx, ["manifests"])
+    assert m.ops_rows and m.ops_rows == m.val_rows, (
+        f"manifests: operations {m.ops_rows}, validation {m.val_rows}"
+    )
+
+
+@then("their health events are identical")
+def health_identical(ctx):
+    _tables_identical(ctx, ["health_events", "health_summary"])
+
+
+@then("their alert candidates are identical")
+def candidates_identical(ctx):
+    _tables_identical(ctx, ["alert_candidates", "alert_transitions", "alert_run_chunks"])
+    ops, val = ctx.alerts["operations"], ctx.alerts["validation"]
+    assert (ops.n_candidates_new, ops.by_detector) == (val.n_candidates_new, val.by_detector), (ops, val)
+
+
+# ------------------------------------------------------------------------------------ telemetry faults
+def _pass_time(path: Path) -> str:
+    return path.name.split("-", 1)[1]  # STATION-YYYYMMDDTHHMM[.dN].tm: the contact's start
+
+
+@given("two days of telemetry with every delivery fault, the first pass held back")
+def faulty_with_late_pass(harness, telemetry, ctx):
+    ctx.set = telemetry("faulty days with a late pass")
+    # the first pass whose chunks another pass also brings packets of (the backlog of a tight downlink),
+    # chunks that the other passes make due (their horizon passes the chunk's deadline): they are reduced
+    # without it, and its late arrival is new input to them
+    packets = _truth(ctx, "packets")
+    settings = dict(harness.primary_query("SELECT key, value FROM soc_settings"))
+    chunk_s, lateness = float(settings["chunk_seconds"]), float(settings["lateness_seconds"])
+    sent = packets[packets["fate"] == "delivered"]
+    chunks = {p: set(np.floor(q["obt"] / chunk_s).astype(int)) for p, q in sent.groupby("pass_id") if p}
+
+    lo, hi = LOWEST_PRIORITY_APIDS
+    (db_horizon,) = harness.env["operations"].query(
+        "SELECT coalesce(max(obt), '-Infinity') FROM raw_packets WHERE apid BETWEEN %s AND %s", (lo, hi)
+    )[0]
+
+    def late_data_possible(f: Path) -> bool:
+        others = sent[sent["pass_id"] != f.stem]
+        h = max(horizon(others["apid"].to_numpy(), others["obt"].to_numpy()), float(db_horizon))
+        shared = chunks[f.stem] & set(np.floor(others["obt"] / chunk_s).astype(int))
+        return any((c + 1) * chunk_s + lateness <= h for c in shared)
+
+    firsts = sorted((f for f in ctx.set.files if ".d" not in f.stem), key=_pass_time)
+    ctx.held = next((f for f in firsts if late_data_possible(f)), None)
+    assert ctx.held, f"no pass of {ctx.set.root.name} can arrive late into reduced chunks"
+    # its replays (.d2) too: a replay brings the same packets, it would not be late data
+    ctx.held_files = [f for f in ctx.set.files if f.name.split(".")[0] == ctx.held.stem]
+
+
+@when("every pass but the held-back one is delivered to the incoming directory")
+def deliver_all_but_held(harness, ctx):
+    ctx.names = harness.deliver([f for f in ctx.set.files if f not in ctx.held_files])
+
+
+@when("the held-back pass is delivered late")
+def deliver_held(harness, ctx):
+    ctx.names += harness.deliver(ctx.held_files)
+
+
+def _truth(ctx, table: str):
+    return pq.read_table(ctx.set.root / "truth" / f"{table}.parquet").to_pandas()
+
+
+@then("the packet ledger covers every byte of every delivered file")
+def ledger_covers_bytes(harness, ctx):
+    rows = dict(harness.env["operations"].query(
+        "SELECT file_name, sum(length) FROM packet_ledger WHERE file_name = ANY(%s) GROUP BY 1",
+        (ctx.names,)))  # fmt: skip
+    sizes = {f.name: f.stat().st_size for f in ctx.set.files}
+    short = {n: (rows.get(n), sizes[n]) for n in ctx.names if rows.get(n) != sizes[n]}
+    assert not short, f"bytes in the ledger vs file size: {short}"
+
+
+def _ledger_keys(harness, ctx, status: str) -> list[tuple]:
+    return harness.env["operations"].query(
+        "SELECT apid, seq, obt FROM packet_ledger WHERE file_name = ANY(%s) AND status = %s",
+        (ctx.names, status),
+    )
+
+
+@then("every packet the ground stations received is ingested once, unless its only copies were corrupted")
+def packets_ingested_once(harness, ctx):
+    packets, faults = _truth(ctx, "packets"), _truth(ctx, "faults")
+    ingested = _ledger_keys(harness, ctx, "ingested")
+    assert len(ingested) == len(set(ingested)), "a packet ingested twice"
+    delivered = packets[packets["fate"] == "delivered"]
+    want = set(zip(delivered["apid"], delivered["seq"], delivered["obt"], strict=True))
+    flips = faults[faults["kind"] == "bitflip"]
+    flipped = set(zip(flips["apid"], flips["seq"], flips["obt"], strict=True))
+    got = set(ingested)
+    assert got <= want, (
+        f"{len(got - want)} ingested packets the stations never received: {sorted(got - want)[:5]}"
+    )
+    lost = want - got
+    assert lost <= flipped, (
+        f"{len(lost - flipped)} received packets not ingested: {sorted(lost - flipped)[:5]}"
+    )
+
+
+@then("every quarantined byte range is a corrupted packet or the cut of a truncated pass")
+def quarantine_explained(harness, ctx):
+    faults = _truth(ctx, "faults")
+    sidecars = {
+        n: json.loads(Path(ctx.set.root, "passes", n).with_suffix(".json").read_text()) for n in ctx.names
+    }
+    rows = harness.env["operations"].query(
+        "SELECT file_name, byte_offset, reason FROM quarantine WHERE file_name = ANY(%s)", (ctx.names,)
+    )
+    assert rows, "nothing quarantined: the set's bit flips and truncation were not seen"
+    bad = []
+    for name, offset, reason in rows:
+        mine = faults[faults["pass_id"] == sidecars[name]["pass_id"]]
+        if reason.startswith(("truncated", "unframed")):
+            cut = mine.loc[mine["kind"] == "truncate", "file_offset"]
+            ok = len(cut) and offset >= cut.min()
+        else:
+            ok = offset in set(mine.loc[mine["kind"] == "bitflip", "file_offset"])
+        if not ok:
+            bad.append((name, offset, reason))
+    assert not bad, f"quarantined without an injected fault: {bad[:10]}"
+
+
+@then("every duplicated packet and every replayed pass is recorded as a duplicate")
+def duplicates_recorded(harness, ctx):
+    faults = _truth(ctx, "faults")
+    dups = _ledger_keys(harness, ctx, "duplicate")
+    injected = int((faults["kind"] == "duplicate").sum())
+    replayed = [n for n in ctx.names if ".d" in Path(n).stem]
+    assert replayed, "the set has no replayed pass"
+    in_replays = harness.env["operations"].query(
+        "SELECT file_name, count(*) FILTER (WHERE status = 'ingested') FROM packet_ledger"
+        " WHERE file_name = ANY(%s) GROUP BY 1", (replayed,))  # fmt: skip
+    assert len(dups) >= injected > 0, (len(dups), injected)
+    # a replayed pass brings nothing new: its packets are duplicates of the first delivery's (the copies of
+    # a packet corrupted in the first delivery are the exception)
+    flips = int((faults["kind"] == "bitflip").sum())
+    assert all(n <= flips for _, n in in_replays), in_replays
+
+
+@then("the truncated pass is flagged as shorter than its sidecar says")
+def truncated_flagged(harness, ctx):
+    short = harness.env["operations"].query(
+        "SELECT file_name FROM deliveries WHERE file_name = ANY(%s) AND NOT size_ok", (ctx.names,)
+    )
+    assert short, "no delivery of the set is flagged as truncated"
+
+
+def _late_revisions(harness, ctx) -> list[tuple[int, int]]:
+    chunk_s = float(dict(harness.primary_query("SELECT key, value FROM soc_settings"))["chunk_seconds"])
+    pass_id = json.loads(ctx.held.with_suffix(".json").read_text())["pass_id"]
+    packets = _truth(ctx, "packets")
+    held_chunks = sorted(
+        {int(c) for c in np.floor(packets.loc[packets["pass_id"] == pass_id, "obt"] / chunk_s)}
+    )
+    return harness.env["operations"].query(
+        "SELECT chunk_id, revision FROM chunks WHERE reason = 'late_data' AND chunk_id = ANY(%s)"
+        " ORDER BY 1, 2", (held_chunks,))  # fmt: skip
+
+
+@then("the late pass made new revisions of the chunks it completes, for the reason late_data")
+def late_revisions(harness, ctx):
+    ctx.late = _late_revisions(harness, ctx)
+    assert ctx.late, f"no late_data revision of the chunks of {ctx.held.name}"
+    assert all(r >= 2 for _, r in ctx.late), ctx.late
+
+
+@then("the products of those chunks are re-issued, each naming the revision it supersedes")
+def products_reissued(harness, ctx):
+    outbox = harness.env["operations"].outbox
+    bad = []
+    for c, r in ctx.late:
+        manifest = outbox / f"chunk-{c}-r{r}.manifest.json"
+        want = f"chunk-{c}-r{r - 1}.parquet"
+        got = json.loads(manifest.read_text()).get("supersedes") if manifest.exists() else "no manifest"
+        if got != want:
+            bad.append((manifest.name, got, want))
+    assert not bad, f"re-issued products: {bad}"
+
+
+# -------------------------------------------------------------------------------------------- cloning
+def _ingest_rate(harness, ts: TelemetrySet) -> float:
+    """Bytes per second of the intake transactions of the set (ingest_log), in operations."""
+    rows = harness.env["operations"].query(
+        "SELECT file_name, extract(epoch FROM finished_at - started_at) FROM ingest_log"
+        " WHERE file_name = ANY(%s) AND outcome = 'ingested'", (ts.names,))  # fmt: skip
+    sizes = {f.name: f.stat().st_size for f in ts.files}
+    assert {n for n, _ in rows} == set(ts.names), f"not all ingested: {rows}"
+    return sum(sizes[n] for n, _ in rows) / sum(float(s) for _, s in rows)
+
+
+@given("a reference telemetry set has been ingested by operations, and its ingest rate measured")
+def reference_rate(harness, telemetry, ctx):
+    ref = telemetry("cloning reference")
+    harness.deliver(ref.files)
+    harness.wait("operations", ref.names, 300)
+    ctx.reference_rate = _ingest_rate(harness, ref)
+
+
+@when("a telemetry set of the same size is delivered to the incoming directory")
+def cloning_set_delivered(harness, telemetry, ctx):
+    ctx.set = telemetry("cloning")
+    ctx.names = harness.deliver(ctx.set.files)
+
+
+@when(parsers.parse("operations is writing it, within {seconds:d} seconds"))
+def operations_writing(harness, seconds):
+    writing = ("SELECT count(*) FROM pg_stat_activity WHERE usename = 'soc_pipeline' AND state = 'active'"
+               " AND (query ILIKE '%COPY%' OR query ILIKE '%soc-intake%')")  # fmt: skip
+    deadline = time.monotonic() + seconds
+    while int(harness.primary_query(writing)[0][0]) == 0:
+        assert time.monotonic() < deadline, f"operations wrote nothing within {seconds} s"
+        time.sleep(0.05)
+
+
+@when("a clone of operations is taken")
+def clone_now(harness, ctx):
+    ctx.clone = harness.take_clone()
+
+
+@then(parsers.parse("the clone is ready within {seconds:d} seconds"))
+def clone_ready(ctx, seconds):
+    assert ctx.clone.seconds <= seconds, f"soc-clone take: {ctx.clone.seconds:.1f} s ({ctx.clone.summary})"
+
+
+@then("soc-clone verified the clone: promoted on a new timeline, at or after the standby's position, "
+      "catalogs and bookkeeping tables checked")  # fmt: skip
+def clone_verified(harness, ctx):
+    s = ctx.clone.summary
+    v = s["verify"]
+    assert v["ok"] and v["lsn_ok"] and not v["in_recovery"], v
+    # the clone's timeline: that of the WAL it writes now (pg_control_checkpoint(), which soc-clone reports,
+    # names the new timeline only after the first checkpoint since the promotion)
+    host = harness.topology.groups["validation_hosts"][0]
+    wal = superuser_query(harness.topology, host, "SELECT pg_walfile_name(pg_current_wal_lsn())")[0][0]
+    assert int(wal[:8], 16) > s["source"]["timeline"], (wal, s["source"])
+    assert v["amcheck"]["ok"] and "pg_catalog" in v["amcheck"]["schemas"] and v["amcheck"]["tables"], v[
+        "amcheck"
+    ]
+
+
+@then("every delivery in the clone holds exactly the packets operations recorded for it")
+def clone_consistent(harness, ctx):
+    count = "SELECT file_name, count(*), sum(length) FROM packet_ledger WHERE file_name = ANY(%s) GROUP BY 1"
+    val = {n: (c, s) for n, c, s in harness.env["validation"].query(count, (ctx.names,))}
+    ops = {n: (c, s) for n, c, s in harness.env["operations"].query(count, (ctx.names,))}
+    assert {n: ops.get(n) for n in val} == val, (ops, val)
+
+
+@then("the take is recorded in operations' eLog with its position and its time to ready")
+def clone_in_elog(harness, ctx):
+    rows = harness.primary_query(
+        "SELECT lsn, seconds, ok FROM elog WHERE kind = 'clone' AND logged_at >= "
+        f"'{ctx.clone.started_utc}+00' ORDER BY entry_id DESC LIMIT 1"
+    )
+    assert rows, f"no clone entry in the eLog since {ctx.clone.started_utc}"
+    lsn, seconds, ok = rows[0]
+    assert ok == "t" and lsn == ctx.clone.summary["verify"]["lsn"] and float(seconds) > 0, rows
+
+
+@then(parsers.parse("operations ingested the set at no less than {ratio:f} of the reference rate"))
+def rate_bound(harness, ctx, ratio):
+    rate = _ingest_rate(harness, ctx.set)
+    assert rate >= ratio * ctx.reference_rate, (
+        f"ingest during the take: {rate / 1e6:.2f} MB/s, reference {ctx.reference_rate / 1e6:.2f} MB/s"
+        f" ({rate / ctx.reference_rate:.2f}x, bound {ratio}x)"
+    )
+    print(f"ingest rate with a clone taken: {rate / ctx.reference_rate:.2f}x the reference")
+
+
+@then("the intake tables of operations and validation are identical")
+def intake_identical(harness, ctx):
+    ctx.result = harness.compare("cloning-intake", tables=INTAKE_TABLES)
+    assert ctx.result.identical, describe(ctx.result)
+
+
+# --------------------------------------------------------------------------------------------- alerts
+@given("a day of telemetry with injected photometric events on the working catalogue")
+def events_day(telemetry, ctx):
+    ctx.set = telemetry("events day")
+
+
+@when("it is delivered to the incoming directory")
+def deliver_it(harness, ctx):
+    ctx.names = harness.deliver(ctx.set.files)
+
+
+@when("the alerts run in operations")
+def alerts_operations(harness, ctx):
+    ctx.alerts = harness.run_alerts(("operations",))
+
+
+@then("the run scanned every chunk revision of the day")
+def scanned_day(harness, ctx):
+    chunk_s = float(dict(harness.primary_query("SELECT key, value FROM soc_settings"))["chunk_seconds"])
+    packets = _truth(ctx, "packets")
+    chunks = sorted({int(c) for c in np.floor(packets.loc[packets["fate"] == "delivered", "obt"] / chunk_s)})
+    ops = harness.env["operations"]
+    loaded = set(
+        ops.query("SELECT chunk_id, revision FROM transit_chunks WHERE chunk_id = ANY(%s)", (chunks,))
+    )
+    scanned = set(
+        ops.query("SELECT chunk_id, revision FROM alert_run_chunks WHERE chunk_id = ANY(%s)", (chunks,))
+    )
+    assert loaded, "no chunk of the day was loaded"
+    assert loaded <= scanned, f"not scanned: {sorted(loaded - scanned)}"
+
+
+BRIGHTER = {"microlensing", "supernova", "outburst"}
+
+
+def _visible_events(ctx, min_dmag: float, max_g: float):
+    """Events on catalogue sources that changed a delivered transit of each field of view by min_dmag or
+    more, at G max_g or brighter: {source_id: kind}."""
+    events = _truth(ctx, "events")
+    transits = _truth(ctx, "transits")
+    packets = _truth(ctx, "packets")
+    delivered = packets.loc[packets["fate"] == "delivered", ["apid", "seq"]].drop_duplicates()
+    t = transits[transits["event_id"] != 0].merge(delivered, on=["apid", "seq"])
+    t = t[t["fate"] == "telemetered"].merge(events[["event_id", "kind", "in_catalogue"]], on="event_id")
+    t = t[t["in_catalogue"] & (t["kind"] != "new_source")]
+    changed = t[
+        (np.abs(t["g_true"] - t["g_quiet"]) >= min_dmag) & (np.minimum(t["g_true"], t["g_quiet"]) <= max_g)
+    ]
+    both = changed.groupby("source_id")["fov"].nunique()
+    kinds = changed.drop_duplicates("source_id").set_index("source_id")["kind"]
+    return {int(s): kinds[s] for s in both[both >= 2].index}
+
+
+EVENTS_RECALLED = (
+    "at least {percent:d} percent of the injected events that changed a source by 1 magnitude or more at G 19"
+    " or brighter, on both fields of view, have a candidate"
+)
+
+
+@then(parsers.parse(EVENTS_RECALLED))
+def events_recalled(harness, ctx, percent):
+    visible = _visible_events(ctx, 1.0, 19.0)
+    assert visible, "the day holds no injected event of that size: simulate a longer day"
+    found = dict(harness.env["operations"].query(
+        "SELECT source_id, string_agg(detector, ',') FROM alert_candidates WHERE source_id = ANY(%s)"
+        " GROUP BY 1", (list(visible),)))  # fmt: skip
+    ctx.found = {s: (visible[s], found[s]) for s in found}
+    recall = len(found) / len(visible)
+    missed = sorted((s, k) for s, k in visible.items() if s not in found)
+    print(f"injected events recalled: {len(found)} of {len(visible)}")
+    assert recall * 100 >= percent, (
+        f"{len(found)} of {len(visible)} events have a candidate; missed: {missed[:20]}"
+    )
+
+
+@then("every candidate on an injected event's source is of the direction of the event")
+def candidates_direction(ctx):
+    wrong = {s: (k, d) for s, (k, d) in ctx.found.items()
+             if ("fading" in d.split(",")) == (k in BRIGHTER) and d != "new_source"}  # fmt: skip
+    assert not wrong, f"candidates against the event's direction: {wrong}"
+
+
+@given(
+    parsers.re(r"the light curve of (?P<alert>Gaia\w+), (?P<what>.+), from the Gaia Science Alerts archive")
+)
+def gaia_lightcurve(alert, ctx):
+    paths = {p.stem: p for p in lightcurve_paths()}
+    assert alert in paths, f"{alert}: no light curve in the archive"
+    ctx.lightcurve = read_lightcurve(paths[alert])
+    assert len(ctx.lightcurve.t) > 10
+
+
+@when("it is replayed visit by visit through the alerts' evaluation")
+def replay_lightcurve(gaia_replay, ctx):
+    ctx.row = gaia_replay[ctx.lightcurve.name]
+
+
+@then(
+    parsers.re(
+        r"an? (?P<detector>\w+) candidate is raised at the visit of the published alert (?P<alert>\w+)"
+    )
+)
+def raised_at_gaia_visit(detector, alert, ctx):
+    row = ctx.row
+    assert row["name"] == alert
+    assert (row["category"], row["detector"]) == ("same", detector), row
+
+
+@then("no candidate is raised at any visit before it")
+def not_before(ctx):
+    assert ctx.row["n_raised_before"] == 0, ctx.row

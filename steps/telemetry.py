@@ -1,0 +1,128 @@
+"""The telemetry sets the acceptance features replay: small simulated days, on days operations has no
+delivery of, simulated once per session.
+
+Every set is simulated with the deployment's catalogue seed; the sets that check science against the
+simulator's truth (the alerts) also use its catalogue scale, so their sources are the working catalogue's.
+The others are smaller (scale 0.0003): their detections of fainter synthetic stars become new sources,
+alike in every environment, which is all a comparison needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.intake import pending_files
+from pipeline.mission_time import DAY_S, iso
+from pipeline.simulate.downlink import FAULT_KINDS
+from pipeline.simulate.run import SimConfig, simulate
+from pipeline.simulate.scanlaw import ScanLaw
+from pipeline.simulate.sky import great_circle_density
+
+SMALL = 0.0003
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """How to simulate a telemetry set; scale None: the deployment's catalogue scale."""
+
+    days: float = 1.0
+    scale: float | None = SMALL
+    faults: tuple[str, ...] = ()
+    downlink_margin: float = 1.3
+    dense: bool = False  # on the day the scanning law sees the most stars (along the Galactic plane)
+    first_day: date | None = None  # the first free day from this one (default FIRST_DAY)
+
+
+SETS = {  # a day and a half: a day's contacts, wherever they fall
+    "clean day": SetSpec(days=1.5),
+    "faulty day": SetSpec(days=1.5, faults=FAULT_KINDS),
+    "dense Galactic-plane day": SetSpec(days=1.5, dense=True),
+    # two days, every fault and a tight downlink (a backlog crosses passes), before the days operations
+    # holds: its horizon is past them, so a chunk is due as soon as it has packets, and a pass held back
+    # is late data for the chunks that other passes brought packets of
+    "faulty days with a late pass": SetSpec(
+        days=2.0, faults=FAULT_KINDS, downlink_margin=0.5, first_day=date(2016, 6, 1)
+    ),
+    "cloning reference": SetSpec(days=2.0),
+    "cloning": SetSpec(days=2.0),
+    "events day": SetSpec(days=1.5, scale=None),
+}
+FIRST_DAY = date(2016, 9, 1)  # ordinary sets: the first free days from here, in the order asked for
+
+
+@dataclass(frozen=True)
+class TelemetrySet:
+    name: str
+    day: date
+    config: SimConfig
+    root: Path  # the simulator's output: passes/, truth/, summary.json
+
+    @property
+    def files(self) -> list[Path]:
+        """The pass files (each with its sidecar) in name order."""
+        return pending_files(self.root / "passes")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+
+@cache
+def dense_days(year_from: float) -> list[date]:
+    """The days of a year of the scanning law from year_from (mission seconds), densest first: the mean
+    surface density along each day's scan circles (pipeline.simulate.sky.great_circle_density)."""
+    law = ScanLaw()
+    t = year_from + np.arange(0, 365 * DAY_S, 1800.0)
+    _, _, z = law.frame(t)
+    daily = great_circle_density(z, 180).reshape(365, -1).mean(axis=1)
+    return [date.fromisoformat(iso(year_from + i * DAY_S)[:10]) for i in np.argsort(-daily)]
+
+
+class DayAllocator:
+    """Days that no delivery of operations names (nor the next ones, where a backlog lands), none given
+    twice in a session."""
+
+    def __init__(self, delivered: set[str]):
+        self.delivered = delivered
+        self.taken: set[date] = set()
+
+    def _free(self, d: date, days: float) -> bool:
+        span = [d + timedelta(i) for i in range(int(np.ceil(days)) + 1)]
+        return not any(
+            x in self.taken or any(x.strftime("-%Y%m%dT") in n for n in self.delivered) for x in span
+        )
+
+    def take(self, spec: SetSpec) -> date:
+        law = ScanLaw()
+        candidates = (
+            dense_days(law.t_ref + 30 * DAY_S)[:30]
+            if spec.dense
+            else ((spec.first_day or FIRST_DAY) + timedelta(n) for n in range(2000))
+        )
+        for d in candidates:
+            if self._free(d, spec.days):
+                self.taken.update(d + timedelta(i) for i in range(int(np.ceil(spec.days)) + 1))
+                return d
+        raise AssertionError(f"no free day for a telemetry set {spec}: operations has them all")
+
+
+def make_set(
+    name: str, spec: SetSpec, day: date, seed: int, catalogue_scale: float, out: Path
+) -> TelemetrySet:
+    """Simulate the set (once: an existing output with a summary is reused)."""
+    cfg = SimConfig(
+        start=day.isoformat(), days=spec.days, scale=spec.scale or catalogue_scale, seed=seed,
+        faults=spec.faults, downlink_margin=spec.downlink_margin, progress=False,
+    )  # fmt: skip
+    root = out / f"{name.replace(' ', '-')}-{day.isoformat()}"
+    if not (root / "summary.json").exists():
+        simulate(root, cfg)
+    ts = TelemetrySet(name, day, cfg, root)
+    if not ts.files:
+        raise AssertionError(f"the {name} ({cfg}) holds no complete pass: give it more days")
+    return ts
