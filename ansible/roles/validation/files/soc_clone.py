@@ -551,7 +551,10 @@ class Clone:
             # Partitions are not stat()ed: their last vacuum's or analyse's figures serve.
             sql = f"""
                 SELECT pg_is_in_recovery() AS rec, pg_current_wal_lsn() AS cur,
-                       (pg_control_checkpoint()).timeline_id AS tli \\gset
+                       -- the timeline of the WAL it writes now (pg_control_checkpoint() names the old
+                       -- one until the first checkpoint after the promotion)
+                       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                           AS tli \\gset
                 WITH leaf AS (
                     SELECT c.oid, c.reltuples, c.relpages, c.relispartition AS part,
                            CASE WHEN c.relispartition THEN c.relpages::bigint * 8192
