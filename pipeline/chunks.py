@@ -83,9 +83,12 @@ _COPY_HEADER_LEN = 19  # signature, flags, header extension length (0)
 
 
 def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(apid, seq, obt) of every ingested packet, sorted by (apid, obt): a binary COPY read with numpy."""
+    """(apid, seq, obt) of every ingested packet, sorted by (apid, obt, seq): a binary COPY read with numpy.
+
+    Packets of several windows share an on-board time; their sequence counts order them (gap_chunks reads
+    consecutive rows). A wrap of the count (16383 -> 0) within one on-board time would still read as a gap."""
     with conn.cursor().copy(
-        "COPY (SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt) TO STDOUT (FORMAT BINARY)"
+        "COPY (SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt, seq) TO STDOUT (FORMAT BINARY)"
     ) as copy:
         data = b"".join(bytes(b) for b in copy)
     body = data[_COPY_HEADER_LEN:-2]  # without the header and the trailer (-1 as a field count)
@@ -109,7 +112,7 @@ def horizon(apid: np.ndarray, obt: np.ndarray) -> float:
 
 
 def gap_chunks(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray, chunk_s: float) -> dict[int, int]:
-    """Chunks touched by a sequence gap: {chunk_id: gaps}. Input sorted by (apid, obt).
+    """Chunks touched by a sequence gap: {chunk_id: gaps}. Input sorted by (apid, obt, seq).
 
     A missing packet lies somewhere between the two packets around the gap, so every chunk from the one
     before the gap to the one after it is touched.

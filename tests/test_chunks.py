@@ -35,6 +35,24 @@ def test_gaps_touch_the_chunks_around_the_missing_packet():
     assert gap_chunks(apid, seq, obt, 1800.0) == {0: 1, 1: 1}
 
 
+def test_packets_of_one_on_board_time_are_no_gap_in_any_order(new_db):
+    """Star packets of several windows share an on-board time: within it, the sequence count orders them.
+    (Read in another order, a complete chunk looked gapped and waited for its deadline, so two runs of the
+    same telemetry could reduce it on different days.)"""
+    from pipeline.chunks import _keys
+
+    n = 400
+    seq = np.arange(n)
+    obt = 1000.0 + (seq // 2)  # pairs of packets at one on-board time
+    with psycopg.connect(new_db(), autocommit=True) as conn:
+        with conn.cursor().copy("COPY raw_packets (apid, seq, obt, chunk_id, packet) FROM STDIN") as copy:
+            for i in reversed(range(n)):  # stored in the reverse order
+                copy.write_row((20, int(seq[i]), float(obt[i]), 0, b"x"))
+        apid, got_seq, got_obt = _keys(conn)
+    assert np.array_equal(got_seq, seq) and np.array_equal(got_obt, obt)
+    assert gap_chunks(apid, got_seq, got_obt, 1800.0) == {}
+
+
 def test_complete_chunks_are_reduced_once_and_gaps_wait_for_the_deadline(faulty_day, new_db):
     dsn = new_db()
     _ingest(dsn, pending_files(faulty_day / "passes"))
