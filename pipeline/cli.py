@@ -127,10 +127,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     if args.reduce and to_reduce and time.monotonic() >= retry_at:
                         to_reduce, retry_at = _reduce_in_watch(args, outbox)
                     time.sleep(args.interval)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
                 if watch is None:
                     raise
-                # the server went away (a failover, a restart): the file in flight was rolled back whole
+                # the server went away (a failover, a restart), or the DSN reaches a server that does not
+                # take writes yet (a standby still being promoted: a new validation clone): the file in
+                # flight was rolled back whole
                 print(f"soc ingest: lost the database, reconnecting: {exc}", file=sys.stderr, flush=True)
                 to_reduce = True
                 time.sleep(args.interval)
@@ -363,7 +365,188 @@ def _cmd_wait(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    """soc alerts run|list|assess|reject|publish|realdata (docs/alerts-operations.md)."""
+    return {
+        "run": _alerts_run, "list": _alerts_list, "assess": _alerts_change, "reject": _alerts_change,
+        "publish": _alerts_publish, "realdata": _alerts_realdata, "recall": _alerts_recall,
+    }[args.alerts_command](args)  # fmt: skip
+
+
+def _alerts_thresholds(args: argparse.Namespace):
+    from pipeline.alerts.thresholds import load_thresholds
+
+    return load_thresholds(args.thresholds)
+
+
+def _alerts_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.alerts.run import run_alerts
+    from pipeline.progress import progress_bar
+
+    write, read = _dsn(args), _dsn(args, read=True)
+    with progress_bar(not args.no_progress) as bar:
+        task = bar.add_task("scanning pixels", total=None)
+        report = run_alerts(
+            write, read, workers=args.workers, per_source=args.per_source,
+            thresholds=_alerts_thresholds(args),
+            on_start=lambda n: bar.update(task, total=n),
+            on_pixel=lambda r: bar.update(task, advance=1, description=f"pixel {r.pixel}"),
+        )  # fmt: skip
+    if report.run_id is None:
+        print(report.message)
+        return 0
+    table = Table(title=f"alerts run {report.run_id} ({report.scan} scan, {report.workers} workers)")
+    table.add_column("detector")
+    for col in ("raised", "passed filters", "new candidates"):
+        table.add_column(col, justify="right")
+    for det, n in report.by_detector.items():
+        table.add_row(det, f"{n['raised']:,}", f"{n['candidates']:,}", f"{n.get('stored', 0):,}")
+    Console().print(table)
+    rejected = ", ".join(f"{k} {v:,}" for k, v in report.by_filter.items() if v) or "none"
+    print(f"rejected by filter: {rejected}")
+    print(f"{report.message} in {report.seconds:.1f} s (scan {report.scan_seconds:.1f} s,"
+          f" {report.queries:,} queries, {report.transits:,} transits read)")  # fmt: skip
+    return 0
+
+
+def _alerts_list(args: argparse.Namespace) -> int:
+    import csv
+
+    import psycopg
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.alerts.candidates import list_candidates
+    from pipeline.alerts.publish import utc_text
+
+    with psycopg.connect(_dsn(args)) as conn:
+        rows = list_candidates(conn, status=args.status, detector=args.detector, run_id=args.run)
+    cols = ("id", "name", "status", "detector", "source_id", "trigger_utc", "ra", "dec", "alert_mag",
+            "historic_mag", "significance", "class", "run")  # fmt: skip
+
+    def fmt(x, spec: str) -> str:
+        return "" if x is None else format(x, spec)
+
+    values = [
+        (str(c.candidate_id), c.name or "", c.status, c.detector, str(c.source_id), utc_text(c.t_trigger),
+         fmt(c.ra, ".5f"), fmt(c.dec, ".5f"), fmt(c.alert_mag, ".2f"), fmt(c.historic_mag, ".2f"),
+         fmt(c.significance, ".1f"), c.alert_class, str(c.run_id))
+        for c in rows
+    ]  # fmt: skip
+    if args.format == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(values)
+        return 0
+    table = Table(title=f"alert candidates ({len(rows)})")
+    for col in cols:
+        numeric = col in ("id", "ra", "dec", "alert_mag", "historic_mag", "significance", "run")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=True)
+    for v in values:
+        table.add_row(*v)
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)  # piped: do not squeeze
+    return 0
+
+
+def _alerts_change(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from pipeline.alerts.candidates import assess, reject
+
+    with psycopg.connect(_dsn(args), autocommit=True) as conn:
+        if args.alerts_command == "assess":
+            c = assess(conn, args.id, args.by, args.comment or "", args.alert_class)
+        else:
+            c = reject(conn, args.id, args.by, args.reason)
+    print(f"alert candidate {c.candidate_id}: {c.status} (by {args.by})")
+    return 0
+
+
+def _alerts_publish(args: argparse.Namespace) -> int:
+    import os
+
+    import psycopg
+
+    from pipeline.alerts.publish import DEFAULT_AUTHORITY, publish
+    from pipeline.config import load
+
+    out = args.out
+    if out is None:
+        outbox = load(args.config).outbox
+        if outbox is None:
+            raise ValueError("give --out DIR (no outbox in the configuration file)")
+        out = outbox / "alerts"
+    authority = args.authority or os.environ.get("SOC_ALERTS_AUTHORITY") or DEFAULT_AUTHORITY
+    with psycopg.connect(_dsn(args), autocommit=True) as conn:
+        report = publish(conn, out, args.by, authority, _alerts_thresholds(args))
+    for cid, name in report.published:
+        print(f"published {name} (candidate {cid})")
+    print(f"{len(report.published)} alert(s) published now, {report.alerts} in the index; {out}:"
+          f" {len(report.written)} file(s) written, {report.unchanged} unchanged;"
+          f" VOEvents checked by {report.validated_with or 'nothing (no alerts)'}")  # fmt: skip
+    return 0
+
+
+def _alerts_realdata(args: argparse.Namespace) -> int:
+    from pipeline.alerts.realdata import replay_all, write_report
+
+    rows = replay_all(args.data, _alerts_thresholds(args))
+    written = write_report(rows, Path(args.out))
+    s = written["summary"]
+    print(
+        f"{s['scored']} light curves scored of {s['n']}: "
+        + ", ".join(f"{k} {v}" for k, v in s["counts"].items())
+    )
+    print(f"raised at the Gaia visit or the next: {s['same_or_next']:.0%};"
+          f" not raised before it: {s['not_before']:.0%}")  # fmt: skip
+    print(f"report: {written['html']} ({written['csv'].name}, {written['png'].name})")
+    return 0
+
+
+def _alerts_recall(args: argparse.Namespace) -> int:
+    """Simulated days with injected events through the pipeline and the alerts, scored against the truth.
+    Only an explicit --dsn is used (never the configured databases: the run writes simulated data), else a
+    throwaway local server."""
+    from pipeline.alerts.recall import RecallConfig, run_recall
+
+    cfg = RecallConfig(start=args.start, days=args.days, scale=args.scale, seed=args.seed,
+                       event_rate=args.event_rate, new_source_density=args.new_source_density,
+                       healpix_order=args.healpix_order, workers=args.workers, thresholds=args.thresholds,
+                       progress=not args.no_progress)  # fmt: skip
+
+    def day(row: dict) -> None:
+        print(f"{row['day']}: {row['files']} pass file(s), {row['revisions_reduced']} chunk revision(s)"
+              f" reduced, alerts run {row['run_id']}: {row['visits']:,} source-visits,"
+              f" {row['candidates']} passed the filters", flush=True)  # fmt: skip
+
+    written = run_recall(cfg, Path(args.out), args.dsn, on_day=day, keep_simulation=args.keep_simulation)
+    s = written["summary"]
+    f = s["false"]
+    print(f"recall of eligible event-visits: {s['recalled']}/{s['eligible']} = {s['recall']:.3f};"
+          f" catalogue reference only: {s['recall_not_detectable_yet']['recalled']}/"
+          f"{s['recall_not_detectable_yet']['n']}")  # fmt: skip
+    rate, upper = f["rate"] * 1e6, f["upper95"] * 1e6
+    print(f"false alerts: {f['false_alerts']} in {f['quiet_visits']:,} quiet source-visits ({rate:.2f} per"
+          f" 10^6, 95 % upper limit {upper:.2f} per 10^6)")  # fmt: skip
+    print(f"report: {written['html']} ({written['csv'].name}, {written['png'].name})")
+    return 0
+
+
+def _login() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "operator"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline import compare
     from pipeline.simulate.downlink import FAULT_KINDS
     from pipeline.simulate.payload import ANOMALY_KINDS
 
@@ -495,6 +678,76 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument("--dsn", help="libpq connection string of the database (default: configured write DSN)")
     wait.add_argument("--no-progress", action="store_true")
     wait.set_defaults(func=_cmd_wait)
+
+    al = sub.add_parser("alerts", help="photometric science alerts: run, candidates, publication")
+    alsub = al.add_subparsers(dest="alerts_command", required=True)
+
+    def alerts_cmd(name: str, text: str) -> argparse.ArgumentParser:
+        a = alsub.add_parser(name, help=text)
+        a.add_argument("--dsn", help="libpq connection string of the primary (default: $SOC_WRITE_DSN)")
+        return a
+
+    a = alerts_cmd("run", "scan the chunk revisions not yet scanned and store the candidates")
+    a.add_argument("--workers", type=int, help="scan workers (default: the database server's cores)")
+    a.add_argument(
+        "--per-source", action="store_true", help="one query per source (the benchmark's baseline)"
+    )
+    a.add_argument("--thresholds", help="YAML file of thresholds merged over the packaged defaults")
+    a.add_argument("--no-progress", action="store_true")
+    a = alerts_cmd("list", "list alert candidates")
+    a.add_argument("--status", choices=("candidate", "assessed", "published", "rejected"))
+    a.add_argument("--detector", choices=("new_source", "brightening", "fading"))
+    a.add_argument("--run", type=int, help="only the candidates raised by this alerts run")
+    a.add_argument("--format", choices=("table", "csv"), default="table")
+    a = alerts_cmd("assess", "candidate -> assessed (class and comment go into the published alert)")
+    a.add_argument("id", type=int, help="candidate id (soc alerts list)")
+    a.add_argument("--by", required=True, help="who assessed it")
+    a.add_argument("--comment", help="the published alert's comment (default: what the detector saw)")
+    a.add_argument("--class", dest="alert_class", help="the published alert's class (default: unknown)")
+    a = alerts_cmd("reject", "candidate or assessed -> rejected")
+    a.add_argument("id", type=int, help="candidate id (soc alerts list)")
+    a.add_argument("--by", required=True, help="who rejected it")
+    a.add_argument("--reason", required=True, help="why")
+    a = alerts_cmd("publish", "publish the assessed candidates; write the index, light curves, VOEvents")
+    a.add_argument("--out", help="output directory (default: the configured outbox/alerts)")
+    a.add_argument("--by", default=_login(), help="who publishes (default: this login)")
+    a.add_argument(
+        "--authority", help="IVOA authority of the VOEvent ivorns (default: $SOC_ALERTS_AUTHORITY)"
+    )
+    a.add_argument("--thresholds", help="YAML thresholds (the light curves' null/untrusted flags)")
+    a = alsub.add_parser("realdata", help="replay the real Gaia light curves visit by visit; write a report")
+    a.add_argument("--out", required=True, help="report directory (alerts_replay.csv/.png/.html)")
+    a.add_argument(
+        "--data", help="the gaia-alerts data (default: $SOC_GAIA_ALERTS_DIR, else beside the checkout)"
+    )
+    a.add_argument("--thresholds", help="YAML file of thresholds merged over the packaged defaults")
+    a = alsub.add_parser(
+        "recall", help="simulated days with injected events through the pipeline: recall and false alerts"
+    )
+    a.add_argument("--days", type=int, default=3, help="consecutive simulated days, one alerts run each")
+    a.add_argument("--start", default="2016-08-01", help="first UTC day (YYYY-MM-DD)")
+    a.add_argument("--scale", type=float, default=0.001, help="fraction of Gaia's 1.8 billion sources")
+    a.add_argument("--seed", type=int, default=1)
+    a.add_argument(
+        "--event-rate", type=float, default=0.05,
+        help="probability of a photometric event per source per 100 days (simulator default 5e-4)",
+    )  # fmt: skip
+    a.add_argument(
+        "--new-source-density", type=float,
+        help="new sources per deg^2 per 100 days at scale 1 (default: 4,000 per 100 days all sky)",
+    )  # fmt: skip
+    a.add_argument("--healpix-order", type=int, default=2, help="HEALPix order of the database partitions")
+    a.add_argument("--workers", type=int, help="reduction and scan workers (default: the core count)")
+    a.add_argument("--thresholds", help="YAML file of thresholds merged over the packaged defaults")
+    a.add_argument("--out", required=True, help="report directory (recall.csv/.png/.html, ...)")
+    a.add_argument(
+        "--dsn", help="an empty database to run in (default: a throwaway local server; never the configured"
+        " databases)",
+    )  # fmt: skip
+    a.add_argument("--keep-simulation", action="store_true", help="keep the simulation in OUT/sim")
+    a.add_argument("--no-progress", action="store_true")
+    al.set_defaults(func=_cmd_alerts)
+    compare.add_parser(sub)
     return p
 
 

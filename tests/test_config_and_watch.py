@@ -81,6 +81,38 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
         proc.wait(timeout=10)
 
 
+def test_the_watcher_outlasts_a_database_that_does_not_take_writes_yet(faulty_day, new_db, tmp_path):
+    """A new validation clone is a standby until promoted: a watcher that reaches it then must wait and
+    retry, not exit (nothing restarts it on a host without systemd)."""
+    dsn = new_db()
+    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    f = pending_files(faulty_day / "passes")[0]
+    shutil.copy(f, landing / f.name)
+    shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--interval", "0.2",
+           "--dsn", dsn]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # several rounds against the read-only database
+        assert proc.poll() is None, f"the watcher exited: {proc.stderr.read()}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            deadline = time.monotonic() + 60  # the delivery ingested within 60 seconds of the writes' return
+            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < 1:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "no ingest after the database took writes again"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert "read-only transaction" in err  # it said why it was waiting
+
+
 def test_every_command_parses_its_documented_options():
     from pipeline.cli import build_parser
 
