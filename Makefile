@@ -78,6 +78,8 @@ bench: venv
 	$(BIN)/python bench/bench_image_params.py
 	$(BIN)/python bench/bench_crossmatch.py
 	$(BIN)/python bench/bench_load.py
+	$(BIN)/python bench/bench_alerts_scan.py
+	$(BIN)/python bench/bench_compare.py
 
 clean:
 	rm -rf var build dist *.egg-info
