@@ -114,9 +114,9 @@ def basebackup(target_dir: str) -> float:
     return seconds
 
 
-def ingest(config: str | None, seconds: int, every: int | None, clients: int) -> tuple[list, list]:
+def ingest(config: str | None, seconds: int, every: int | None, clients: int) -> tuple[list, list, list]:
     """pgbench's fixed INSERT workload on the primary for `seconds`, a clone taken every `every` seconds
-    meanwhile (None: none) -> (transaction end times, clone windows)."""
+    meanwhile (None: none) -> (transaction end times, clone windows, each take's phase timings)."""
     sql(
         "CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
         "payload text) WITH (autovacuum_enabled = false)"
@@ -130,12 +130,13 @@ def ingest(config: str | None, seconds: int, every: int | None, clients: int) ->
             "FROM generate_series(1, 100) g;\n"
         )
     windows: list[tuple[float, float]] = []
+    phases: list[dict] = []
 
     def clones():
         time.sleep(every / 2)
         while time.time() < t_end - every / 2:
             t0 = time.time()
-            take(config)
+            phases.append(take(config)["seconds"])
             windows.append((t0, time.time()))
             time.sleep(max(0.0, every - (time.time() - t0)))
 
@@ -158,15 +159,15 @@ def ingest(config: str | None, seconds: int, every: int | None, clients: int) ->
                 ends.append(int(f[4]) + int(f[5]) / 1e6)  # epoch s, us of the transaction's end
     shutil.rmtree(work)
     sql("DROP TABLE bench_clone_ingest")
-    return sorted(ends), windows
+    return sorted(ends), windows, phases
 
 
 def ingest_with_and_without_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
     """The same workload twice, without clones and with one every `every` s: the rate over each whole run
     (what operations sees over a day), and within the run with clones, inside the takes vs outside them
     (the worst case: the seconds a take lasts)."""
-    quiet, _ = ingest(config, seconds, None, clients)
-    ends, windows = ingest(config, seconds, every, clients)
+    quiet, _, _ = ingest(config, seconds, None, clients)
+    ends, windows, phases = ingest(config, seconds, every, clients)
     rate_quiet = len(quiet) / (quiet[-1] - quiet[0])
     rate_with = len(ends) / (ends[-1] - ends[0])
     # the takes' windows within the span of the transactions (a take may end after the last one)
@@ -184,6 +185,10 @@ def ingest_with_and_without_clones(config: str | None, seconds: int, every: int,
         "rows_per_s_outside_takes": round(rate_out * 100),
         "rows_per_s_during_take": round(rate_in * 100),
         "take_ratio": round(rate_in / rate_out, 3),
+        # where a take's time goes while operations ingests (mean seconds per phase)
+        "take_phases_s": {k: round(statistics.mean(p.get(k, 0.0) for p in phases), 3) for k in phases[0]}
+        if phases
+        else {},
     }
 
 

@@ -7,8 +7,10 @@ order 5, then ROWS synthetic transits in STRIPS chunk-like strips of sky (bench_
 strip another great circle, so the rows fill some hundreds of leaves and most leaves stay empty, as after
 the first days of a mission) and their sources. Per table, the best of REPEAT runs of:
 
-- per leaf, what `soc compare` does: one statement per group partition of 64 leaves (`transits_g000`),
-  grouped by leaf (tableoid);
+- per leaf, what `soc compare` does: the leaves' file sizes first (pg_relation_size), then only the
+  non-empty leaves, grouped by leaf (tableoid), about 64 leaves a statement;
+- per leaf, what it did before: one statement per group partition of 64 leaves (`transits_g000`), grouped
+  by leaf, every leaf read, empty or not;
 - per leaf, one aggregate per leaf, 64 of them a statement (UNION ALL of subqueries);
 - per leaf, one statement (in its own snapshot transaction) per leaf: 12,288 round trips;
 - one statement over the partitioned parent (a whole-table checksum: plans and locks every leaf at once,
@@ -39,7 +41,7 @@ from bench_load import BENCH_SETTINGS, strip_transits
 from pipeline.compare.engine import LEAF_BATCH, Side, compare, digest_table
 from pipeline.compare.rules import read_catalog, table_spec
 from pipeline.db import migrate
-from pipeline.db.checksums import Digest, digest_query, partition_units, row_hash
+from pipeline.db.checksums import Digest, digest_query, leaf_digests_query, partition_units, row_hash
 from pipeline.db.load import load_transits, upsert_sources
 from pipeline.db.server import THROWAWAY_SETTINGS, LocalServer
 
@@ -77,6 +79,19 @@ def per_leaf(side: Side, spec, batch: int) -> dict[str, Digest]:
         )
         with side.reading() as conn:
             out.update({chunk[j]: Digest.of(n, total) for j, n, total in conn.execute(q).fetchall()})
+    return out
+
+
+def every_leaf(side: Side, spec) -> dict[str, Digest]:
+    """What soc compare did before it read the leaves' file sizes: GROUP BY leaf over every group partition,
+    empty leaves included."""
+    out = dict.fromkeys(spec.leaves, Digest())
+    units = [u for u, _ in spec.units]
+    per = max(1, LEAF_BATCH // max(1, len(spec.units[0][1])))
+    for i in range(0, len(units), per):
+        with side.reading() as conn:
+            q = leaf_digests_query([spec.leaf_rows(u) for u in units[i : i + per]])
+            out.update({leaf: Digest.of(n, total) for leaf, n, total in conn.execute(q).fetchall()})
     return out
 
 
@@ -126,9 +141,8 @@ def run(server: LocalServer, args) -> None:
             for t, spec in specs.items():
                 spec.units = tuple((u, tuple(leaves)) for u, leaves in partition_units(conn, t))
         ways = {
-            f"per leaf: GROUP BY leaf over {LEAF_BATCH} leaves (soc compare)": lambda s: digest_table(
-                side, s
-            ),
+            "per leaf: non-empty leaves only, GROUP BY leaf (soc compare)": lambda s: digest_table(side, s),
+            f"per leaf: GROUP BY leaf over every group of {LEAF_BATCH} leaves": lambda s: every_leaf(side, s),
             f"per leaf: {LEAF_BATCH} aggregates a statement (UNION ALL)": lambda s: per_leaf(
                 side, s, LEAF_BATCH
             ),

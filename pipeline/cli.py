@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import __version__
@@ -105,8 +106,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     if args.reduce and watch is None:
         raise ValueError("--reduce goes with --watch (after a batch of files, run `soc reduce`)")
     outbox = (args.outbox or load(args.config).outbox) if args.reduce else None
-    failed = 0
-    to_reduce, retry_at = True, 0.0  # reduce once at start: catch up on what a stopped watcher left due
+    state = _WatchState()
     while True:
         try:
             conn = psycopg.connect(_dsn(args), autocommit=True)  # the DSN is read again at each reconnect
@@ -119,13 +119,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         with conn:
             try:
                 while True:
-                    files = [Path(f) for f in args.files] if not watch else pending_files(watch)
-                    ingested, errors = _ingest_files(conn, files, report_all=watch is None)
-                    to_reduce, failed = to_reduce or ingested, failed + errors
                     if watch is None:
+                        _, failed = _ingest_files(conn, [Path(f) for f in args.files], report_all=True)
                         return 1 if failed else 0
-                    if args.reduce and to_reduce and time.monotonic() >= retry_at:
-                        to_reduce, retry_at = _reduce_in_watch(args, outbox)
+                    # one delivery at a time, in the order they arrived, each followed by the reduction of
+                    # what it made due: the chunk revisions (their reasons, gaps and horizons too) depend
+                    # only on that order, not on how many deliveries each look finds (operations and
+                    # validation, fed by one tee, reduce alike)
+                    _reduce_in_watch(args, outbox, state)  # what a stopped watcher or lost connection left
+                    for path in pending_files(watch, "arrival"):
+                        ingested, _ = _ingest_files(conn, [path], report_all=False)  # refusals: printed
+                        state.to_reduce = state.to_reduce or ingested
+                        _reduce_in_watch(args, outbox, state)
                     time.sleep(args.interval)
             except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
                 if watch is None:
@@ -134,7 +139,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                 # take writes yet (a standby still being promoted: a new validation clone): the file in
                 # flight was rolled back whole
                 print(f"soc ingest: lost the database, reconnecting: {exc}", file=sys.stderr, flush=True)
-                to_reduce = True
+                state.to_reduce = True
                 time.sleep(args.interval)
 
 
@@ -164,25 +169,35 @@ def _ingest_files(conn, files: list[Path], report_all: bool) -> tuple[bool, int]
 REDUCE_RETRY_S = 60.0
 
 
-def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None) -> tuple[bool, float]:
-    """`soc ingest --watch --reduce`: reduce what the new data made due -> (still to do, retry time).
+@dataclass
+class _WatchState:
+    to_reduce: bool = True  # reduce once at start: catch up on what a stopped watcher left due
+    retry_at: float = 0.0  # after a failed reduction: not before this time (time.monotonic)
 
-    Chunks become due only when data arrives (deadlines are in on-board time), so reducing after each look
-    that ingested something reduces every due chunk. A failed reduction is reported and retried after
-    REDUCE_RETRY_S seconds; intake goes on meanwhile (telemetry is never held up by a reduction problem).
+
+def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _WatchState) -> None:
+    """`soc ingest --watch --reduce`: reduce what the new data made due, if anything may be.
+
+    Chunks become due only when data arrives (deadlines are in on-board time), so reducing after each
+    delivery that ingested something reduces every due chunk. A failed reduction is reported and retried
+    after REDUCE_RETRY_S seconds; intake goes on meanwhile (telemetry is never held up by a reduction
+    problem).
     """
     import time
 
+    if not (args.reduce and state.to_reduce and time.monotonic() >= state.retry_at):
+        return
     try:
         done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers)
     except Exception as exc:  # a long-running service: report, keep ingesting, retry later
         print(f"soc ingest: reduction failed, retrying in {REDUCE_RETRY_S:.0f} s: {exc!r}", file=sys.stderr)
-        return True, time.monotonic() + REDUCE_RETRY_S
+        state.retry_at = time.monotonic() + REDUCE_RETRY_S
+        return
     for chunk_id, revision, reason in done:
         print(f"chunk {chunk_id} revision {revision} ({reason})")
     if done:
         print(f"{len(done)} chunk revision(s) reduced", flush=True)
-    return False, 0.0
+    state.to_reduce, state.retry_at = False, 0.0
 
 
 def _cmd_tee(args: argparse.Namespace) -> int:

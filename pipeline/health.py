@@ -12,8 +12,8 @@ Checks (event kinds):
     fpa_temperature_rate          focal-plane row temperature changing (least-squares slope, 5 samples)
     mirror_temperature            M1 / M2 temperature off nominal
     bias_level                    CCD bias off its reference level (any sample)
-    bias_step                     CCD bias step between consecutive samples (also across the chunk boundary
-                                  when the previous chunk's summary is given)
+    bias_step                     CCD bias step between consecutive samples, and into the chunk from the
+                                  last sample before it when its input has one (bias_before)
     power                         power-subsystem value off nominal (channel named in the detail)
     background                    a row's (column -1) or one CCD's fitted background above the focal plane
     background_common             the focal-plane background off the nominal sky
@@ -446,7 +446,20 @@ def _check_thermal(hk, limits, ev, summary):
         )  # fmt: skip
 
 
-def _check_bias(hk, limits, ev, summary, previous, chunk_id):
+def bias_before(hk_bias: Mapping | None, t0: float) -> dict | None:
+    """The last bias sample before on-board time t0 ({"obt", "bias" (7, 10)}), from decoded bias housekeeping
+    (a chunk's input holds the context packets around it: pipeline.chunks.CONTEXT_MARGIN_S); None if none."""
+    if not hk_bias or not len(hk_bias.get("obt", ())):
+        return None
+    obt = np.asarray(hk_bias["obt"], dtype=float)
+    before = np.flatnonzero(obt < t0)
+    if not len(before):
+        return None
+    i = before[np.argmax(obt[before])]
+    return {"obt": float(obt[i]), "bias": np.asarray(hk_bias["bias"], dtype=float)[i]}
+
+
+def _check_bias(hk, limits, ev, summary, before):
     shape = (ins.N_ROWS, ins.N_CCD_COLUMNS)
     summary.update(
         bias_median=np.full(shape, np.nan),
@@ -469,16 +482,12 @@ def _check_bias(hk, limits, ev, summary, previous, chunk_id):
             detail=lambda i, r=r, c=c: f"row {r} {_ccd_name(c)} bias at {bias[i, r, c]:.1f} ADU, "
             f"{dev[i, r, c]:+.1f} ADU from its reference {ref[r, c]:.1f} ADU",
         )  # fmt: skip
-    # steps, including the one into this chunk when the previous chunk's last sample is known
+    # steps, including the one into this chunk from the last sample before it (a function of the chunk's
+    # input alone: the same input gives the same events, whichever chunks were reduced before)
     t_all, b_all = obt, bias
-    if (
-        previous is not None
-        and int(previous.get("chunk_id", -10)) == chunk_id - 1
-        and np.isfinite(previous.get("bias_last_obt", np.nan))
-        and np.all(np.isfinite(previous["bias_last"]))
-    ):
-        t_all = np.r_[float(previous["bias_last_obt"]), obt]
-        b_all = np.concatenate([np.asarray(previous["bias_last"], dtype=float)[None], bias])
+    if before is not None and before["obt"] < obt[0] and np.all(np.isfinite(before["bias"])):
+        t_all = np.r_[before["obt"], obt]
+        b_all = np.concatenate([before["bias"][None], bias])
     if len(t_all) < 2:
         return
     step = np.diff(b_all, axis=0)
@@ -763,7 +772,7 @@ def monitor_chunk(
     transits: Mapping | None,
     limits: HealthLimits | None = None,
     *,
-    previous: Mapping | None = None,
+    before: Mapping | None = None,
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
 ) -> tuple[list[HealthEvent], dict]:
     """Health checks of one chunk -> (events, summary row).
@@ -773,9 +782,9 @@ def monitor_chunk(
     windows: fit_windows output for the chunk's star packets (background, flags, flux, gate (n,) ...), plus
     optionally "lsf_width" (n, 9): estimate_lsf_width(...)["sigma"] (NaN where not used); without it the
     LSF check does not run. transits: combine_transit output (flags) plus the star packets' "obt", "fov",
-    "row" (n,). chunk_science() builds both from decoded star packets. previous: the summary row of the
-    preceding chunk (bias steps across the boundary). The summary row holds the per-chunk statistics that
-    write_health_report plots.
+    "row" (n,). chunk_science() builds both from decoded star packets. before: the last bias sample before
+    the chunk (bias_before), for the step across the boundary. The summary row holds the per-chunk
+    statistics that write_health_report plots.
     """
     limits = limits or HealthLimits.load()
     t0, t1 = chunk_id * chunk_seconds, (chunk_id + 1) * chunk_seconds
@@ -785,7 +794,7 @@ def monitor_chunk(
         warnings.simplefilter("ignore", RuntimeWarning)
         _check_hk_coverage(hk, limits, ev, summary, t0, t1)
         _check_thermal(hk, limits, ev, summary)
-        _check_bias(hk, limits, ev, summary, previous, int(chunk_id))
+        _check_bias(hk, limits, ev, summary, before)
         _check_power(hk, limits, ev, summary)
         _check_lsf(windows, transits, limits, ev, summary, t0, t1)
         _check_background(windows, transits, limits, ev, summary, (t0, t1))
@@ -861,16 +870,15 @@ def monitor_packets(
     limits = limits or HealthLimits.load()
     events: list[HealthEvent] = []
     series: list[dict] = []
-    previous = None
     for cid, parts in split_by_chunk(packets, chunk_seconds).items():
         windows, transits = chunk_science(parts.get("star"), packets.get("hk_bias"))
         hk = {k: parts.get(k, {}) for k in HK_KINDS}
+        before = bias_before(packets.get("hk_bias"), cid * chunk_seconds)
         ev, row = monitor_chunk(
-            cid, hk, windows, transits, limits, previous=previous, chunk_seconds=chunk_seconds
+            cid, hk, windows, transits, limits, before=before, chunk_seconds=chunk_seconds
         )
         events.extend(ev)
         series.append(row)
-        previous = row
     return events, series
 
 

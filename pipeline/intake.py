@@ -25,7 +25,7 @@ from pipeline.chunks import chunk_of
 from pipeline.db.load import COPY_HEADER, COPY_TRAILER, Column, copy_binary
 from pipeline.db.migrate import settings
 from pipeline.telemetry.decode import decode_pass
-from pipeline.telemetry.passfile import read_pass
+from pipeline.telemetry.passfile import list_passes, read_pass
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,7 @@ def _log(conn, file_name: str, started: datetime, outcome: str, detail: str | No
     )
 
 
-def pending_files(directory: Path) -> list[Path]:
-    """Delivered files in a landing directory: those whose sidecar has arrived, in name order."""
-    return sorted(
-        p.with_suffix(".tm") for p in Path(directory).glob("*.json") if p.with_suffix(".tm").exists()
-    )
+def pending_files(directory: Path, order: str = "name") -> list[Path]:
+    """Delivered files in a landing directory: those whose sidecar has arrived (list_passes), in name
+    order or, with order="arrival", in the order they arrived (how the ingest watcher takes them)."""
+    return list_passes(directory, order)

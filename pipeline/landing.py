@@ -8,6 +8,9 @@ delivery into every landing directory (its targets):
 - atomically: each file is written under a hidden temporary name (.<name>.tee-tmp, which no watcher looks
   at), flushed to disk and renamed into place, the data file first and the sidecar last, so a watcher never
   sees half a delivery;
+- in the order of arrival: deliveries are copied in the order they were completed in incoming, and each copy
+  keeps the modification time of its original, so every landing lists its deliveries in one order, that of
+  incoming, however the rounds of the tee and the looks of the watchers interleave;
 - once per target: after a copy, a marker <state>/<target key>/<stem> records the sidecar's digest. A
   delivery is never copied to a target again, even after the target's pipeline has archived or deleted its
   copy. A tee killed between the sidecar's rename and the marker finds the identical copy on its next round
@@ -36,19 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from pipeline.telemetry.passfile import DATA_SUFFIX, SIDECAR_SUFFIX
+from pipeline.telemetry.passfile import DATA_SUFFIX, SIDECAR_SUFFIX, list_passes
 
 TMP_SUFFIX = ".tee-tmp"
 STATE_NAME = ".soc-tee"
 
 
 def complete_deliveries(incoming: Path) -> list[Path]:
-    """The complete deliveries in incoming (a visible .tm with its sidecar), data paths in name order."""
-    return sorted(
-        p.with_suffix(DATA_SUFFIX)
-        for p in Path(incoming).glob("*" + SIDECAR_SUFFIX)
-        if not p.name.startswith(".") and p.with_suffix(DATA_SUFFIX).is_file()
-    )
+    """The complete deliveries in incoming, data paths in the order they arrived (list_passes)."""
+    return list_passes(incoming, "arrival")
 
 
 def target_key(target: Path) -> str:
@@ -72,12 +71,16 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
+def _copy_atomic(src: Path, dst: Path, keep_time: bool = False) -> None:
+    """Copy under a hidden name, flush, rename into place; keep_time: with src's modification time."""
     tmp = dst.with_name(f".{dst.name}{TMP_SUFFIX}")
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
+            if keep_time:
+                st = os.fstat(fin.fileno())
+                os.utime(fout.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
     except BaseException:
@@ -157,8 +160,10 @@ class Tee:
                 return
             result.recorded.append((stem, target))
         else:
-            _copy_atomic(data, dst_data)
-            _copy_atomic(sidecar, dst_sidecar)  # the sidecar last: now the delivery is complete there
+            # the sidecar last: now the delivery is complete there, with the time it arrived in incoming
+            # (its watcher takes deliveries in that order: pipeline.telemetry.passfile.list_passes)
+            _copy_atomic(data, dst_data, keep_time=True)
+            _copy_atomic(sidecar, dst_sidecar, keep_time=True)
             _fsync_dir(target)
             result.copied.append((stem, target))
         marks.mkdir(parents=True, exist_ok=True)

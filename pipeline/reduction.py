@@ -23,7 +23,7 @@ from pipeline import __version__
 from pipeline.db.load import empty_transits, healpix_of, healpix_order, load_transits, upsert_sources
 from pipeline.db.migrate import settings
 from pipeline.distribute import write_product
-from pipeline.health import HK_KINDS, HealthLimits, chunk_science, monitor_chunk
+from pipeline.health import HK_KINDS, HealthLimits, bias_before, chunk_science, monitor_chunk
 from pipeline.reduce.attitude import Attitude, TimeCorrelation
 from pipeline.reduce.crossmatch import CatalogueIndex, crossmatch
 from pipeline.reduce.positions import sky_positions
@@ -109,7 +109,7 @@ class ChunkReducer:
             self._pending[(chunk_id, revision)] = (product, chunk_s)
         hk = {k: _within(getattr(dec, k), t0, t1) for k in HK_KINDS}
         with self._timed("health"):
-            self._health(conn, chunk_id, revision, chunk_s, hk, windows, tr)
+            self._health(conn, chunk_id, revision, chunk_s, hk, bias_before(dec.hk_bias, t0), windows, tr)
         return n
 
     @contextmanager
@@ -177,14 +177,9 @@ class ChunkReducer:
         if n_cat + n_new:
             upsert_sources(conn, rows)
 
-    def _health(self, conn, chunk_id, revision, chunk_s, hk, windows, tr) -> None:
-        prev = conn.execute(
-            "SELECT summary FROM health_summary WHERE chunk_id = %s ORDER BY revision DESC LIMIT 1",
-            (chunk_id - 1,),
-        ).fetchone()
-        previous = _from_json(prev[0]) if prev else None
+    def _health(self, conn, chunk_id, revision, chunk_s, hk, before, windows, tr) -> None:
         events, summary = monitor_chunk(
-            chunk_id, hk, windows, tr, self.limits, previous=previous, chunk_seconds=chunk_s
+            chunk_id, hk, windows, tr, self.limits, before=before, chunk_seconds=chunk_s
         )
         with conn.cursor().copy(
             "COPY health_events (chunk_id, revision, kind, severity, ccd_row, ccd_column, t_start_obt,"

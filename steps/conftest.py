@@ -26,6 +26,8 @@ from pipeline.alerts.gaia_lightcurves import lightcurve_paths, read_lightcurve
 from pipeline.alerts.realdata import replay_all
 from pipeline.chunks import LOWEST_PRIORITY_APIDS, horizon
 from steps.environments import Harness, describe
+from steps.release_gate import *  # noqa: F403  (the release gate's steps and fixtures)
+from steps.replication import *  # noqa: F403  (the replication feature's steps and fixtures)
 from steps.telemetry import SETS, DayAllocator, TelemetrySet, make_set
 from tests.infra.conftest import live_primary, superuser_query, topology  # noqa: F401  (the fixture)
 
@@ -463,8 +465,9 @@ def events_day(telemetry, ctx):
     ctx.set = telemetry("events day")
 
 
-@when("it is delivered to the incoming directory")
+@when(parsers.re(r"(?:it is|they are) delivered to the incoming directory"))
 def deliver_it(harness, ctx):
+    """The scenario's telemetry set (the Given step chose it), delivered."""
     ctx.names = harness.deliver(ctx.set.files)
 
 

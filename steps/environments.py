@@ -127,10 +127,9 @@ class Harness:
     def take_clone(self, timeout: float = 600) -> Clone:
         """soc-clone take on the validation host (this machine): docs/validation.md.
 
-        Validation's watcher is stopped for the take and started after it: a watcher that reconnects while
-        the new clone replays its WAL (a read-only standby until it is promoted) dies on its first write
-        (ReadOnlySqlTransaction is not a lost connection to it), and nothing restarts it where the services
-        run without systemd."""
+        Validation's watcher is stopped for the take and started after it, as an operator replaces the
+        database under a service: it would otherwise wait out the new clone's promotion (it retries a
+        database that does not take writes yet), and its first reduction would race the take's checks."""
         tool = shutil.which("soc-clone") or "/usr/local/sbin/soc-clone"
         self._validation_service("stop")
         started = time.time()

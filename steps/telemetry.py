@@ -51,6 +51,12 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     "cloning reference": SetSpec(days=2.0),
     "cloning": SetSpec(days=2.0),
     "events day": SetSpec(days=1.5, scale=None),
+    # the release gate: one set per candidate, with a roomy downlink (every magnitude class delivered
+    # within the set whatever the day's data rate, so its chunks become due and are reduced)
+    "identical-release day": SetSpec(days=1.5, downlink_margin=3.0),
+    "changed-release day": SetSpec(days=1.5, downlink_margin=3.0),
+    # the failover drill: two days, every fault (the watcher's resumption meets them all)
+    "failover drill": SetSpec(days=2.0, faults=FAULT_KINDS, first_day=date(2016, 8, 5)),
 }
 FIRST_DAY = date(2016, 9, 1)  # ordinary sets: the first free days from here, in the order asked for
 

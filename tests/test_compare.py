@@ -194,6 +194,11 @@ def test_every_difference_is_reported_with_table_key_column_and_values(ops, clon
     result = compare(dsn, val)
     assert result.exit_status == 1 and not result.identical
     assert {t.table for t in result.tables if t.differences} == {"transits", "sources", "health_events"}
+    # classified by area, in the order of the pipeline
+    assert {a: [t.table for t in ts] for a, ts in result.by_area().items()} == {
+        "science": ["sources", "transits"],
+        "health": ["health_events"],
+    }
 
     transits = result.table("transits")
     assert (transits.only_ops, transits.only_val, transits.changed) == (1, 0, 1)
@@ -349,9 +354,11 @@ def test_the_command_exit_status_and_report(ops, clone, tmp_path, capsys):
     )
     assert code == 1
     out = capsys.readouterr().out
-    assert "transit_chunks: 1 missing in val" in out and "DIFFERENT" in out
+    assert "chunking: transit_chunks: 1 missing in val" in out and "DIFFERENT" in out
+    assert json.loads(js.read_text())["by_area"] == {"chunking": ["transit_chunks"]}
     assert json.loads(js.read_text())["differences"] == 1
-    assert "transit_chunks" in (tmp_path / "diff.html").read_text()
+    page = (tmp_path / "diff.html").read_text()
+    assert "Differences by area" in page and "chunks were reduced at other times" in page
 
 
 def test_errors_are_clear_and_exit_2(ops, pg_server, tmp_path, capsys):

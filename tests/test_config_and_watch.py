@@ -167,6 +167,75 @@ def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_
     assert res.returncode == 0 and "0 chunk revision(s) reduced" in res.stdout, res.stdout + res.stderr
 
 
+def _watcher(dsn: str, landing, log):
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--reduce",
+           "--workers", "2", "--interval", "0.2", "--dsn", dsn]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_quiet(dsn: str, n_files: int, proc, log, timeout: float) -> list[tuple]:
+    """Every delivery ingested and nothing due, within timeout seconds -> the chunk revisions made."""
+    from pipeline.chunks import chunk_states
+
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while (
+            conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < n_files
+            or any(st.due for st in chunk_states(conn))
+        ):  # fmt: skip
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"not ingested and reduced within {timeout} s"
+            time.sleep(0.3)
+        return conn.execute(
+            "SELECT chunk_id, revision, reason, gaps, n_packets, input_digest, horizon_obt, n_transits"
+            " FROM chunks ORDER BY chunk_id, revision"
+        ).fetchall()
+
+
+def test_two_watchers_fed_by_one_tee_reduce_alike_however_their_looks_fall(faulty_day, new_db, tmp_path):
+    """Operations' watcher takes each delivery as it lands; validation's finds the whole backlog at once
+    (its service was stopped while a clone was taken). Deliveries arrive out of name order, with a tight
+    downlink's backlog across passes and every fault: the chunk revisions, their reasons, gaps and horizons
+    must be the same in both (each delivery is ingested and reduced in turn, in the order of arrival)."""
+    from pipeline.landing import Tee
+
+    dsns = [new_db(), new_db()]
+    for dsn in dsns:  # the working catalogue: the simulated day's sky
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)"
+            )
+    incoming, ops, val = (tmp_path / d for d in ("incoming", "ops", "val"))
+    for d in (incoming, ops, val):
+        d.mkdir()
+    files = pending_files(faulty_day / "passes")
+    files = files[1::2] + files[0::2]  # every other pass late: a backlog of passes, out of name order
+    logs = [tmp_path / "ops.log", tmp_path / "val.log"]
+    tee = Tee(incoming, [ops, val])
+    with open(logs[0], "w") as out:
+        proc = _watcher(dsns[0], ops, out)
+    try:
+        for n, f in enumerate(files, 1):  # as a ground station delivers: data file, then sidecar
+            shutil.copy(f, incoming / f.name)
+            shutil.copy(f.with_suffix(".json"), incoming / f.with_suffix(".json").name)
+            tee.run_once()
+            _wait_quiet(dsns[0], n, proc, logs[0], 120)  # operations took this delivery alone
+        ops_chunks = _wait_quiet(dsns[0], len(files), proc, logs[0], 120)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with open(logs[1], "w") as out:
+        proc = _watcher(dsns[1], val, out)
+    try:
+        val_chunks = _wait_quiet(dsns[1], len(files), proc, logs[1], 240)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert ops_chunks and {r[2] for r in ops_chunks} >= {"complete", "deadline"}, ops_chunks
+    assert any(r[3] for r in ops_chunks), "no chunk was reduced with a gap: the test shows nothing"
+    assert val_chunks == ops_chunks
+
+
 def test_the_watch_and_tee_options_parse():
     from pipeline.cli import build_parser
 

@@ -293,19 +293,27 @@ def test_bias_jump_caught_on_the_first_chunk_of_a_run(limits):
     }
 
 
-def test_bias_step_at_a_chunk_boundary_needs_the_previous_summary(limits):
+def test_bias_step_at_a_chunk_boundary_is_seen_from_the_sample_before_the_chunk(limits):
+    """The step into a chunk comes from the last bias sample before it in the chunk's input (its context
+    packets), so the chunk's events depend on its input alone, not on which chunks were reduced before."""
     cid = chunk_of(float(from_utc(START))) + 5
-    prev_hk = _chunk_hk(Payload(SEED, []), cid - 1)
+    t0, t1 = chunk_mission_span(cid)
     first_sample = float(mission_of_obt(_chunk_hk(Payload(SEED, []), cid)["hk_bias"]["obt"][0]))
     # a small jump (8 ADU: within the level tolerance) between the last sample of cid-1 and the first of cid
     p = Payload(SEED, [Anomaly("bias_jump", first_sample - 10.0, np.inf, 6, 9, 8.0)])
-    _, prev = monitor_chunk(cid - 1, prev_hk, {}, {}, limits)
-    with_prev, _ = monitor_chunk(cid, _chunk_hk(p, cid), {}, {}, limits, previous=prev)
+    around = payload_hk(p, t0 - 120.0, t1 + 120.0)["hk_bias"]  # the input: context samples around the chunk
+    before = health.bias_before(around, cid * CHUNK_S)
+    assert before is not None and before["obt"] < cid * CHUNK_S <= before["obt"] + HK_CADENCE_S
+    with_before, summary = monitor_chunk(cid, _chunk_hk(p, cid), {}, {}, limits, before=before)
     without, _ = monitor_chunk(cid, _chunk_hk(p, cid), {}, {}, limits)
-    step = events_of(with_prev, "bias_step")
+    step = events_of(with_before, "bias_step")
     assert [(e.row, e.column, e.severity) for e in step] == [(6, 9, Severity.WARNING)]
     assert step[0].value == pytest.approx(8.0, abs=1.0)
+    assert step[0].t_start_obt == before["obt"]
+    assert summary["bias_max_step"][6, 9] == pytest.approx(8.0, abs=1.0)
     assert events_of(without, "bias_step") == []
+    # no sample before the chunk in its input: no step across the boundary
+    assert health.bias_before(_chunk_hk(p, cid)["hk_bias"], cid * CHUNK_S) is None
 
 
 def test_temperature_excursion_late_in_a_chunk(limits):

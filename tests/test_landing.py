@@ -125,6 +125,25 @@ def test_a_new_target_gets_the_backlog_and_targets_must_differ(dirs, tmp_path):
     assert complete_deliveries(incoming) == [incoming / "P0007.tm"]
 
 
+def test_every_landing_lists_its_deliveries_in_the_order_they_arrived_in_incoming(dirs):
+    """Deliveries arrive out of name order, over several rounds of the tee, and one landing is copied to
+    later than the other: both list them in the order of incoming (the order their watchers ingest in)."""
+    incoming, ops, val = dirs
+    arrived = []
+    for n, pass_id in enumerate(["P0030", "P0010", "P0020", "P0015"]):
+        arrived.append(_deliver(incoming, pass_id).name)
+        os.utime(incoming / f"{pass_id}.json", ns=(n * 10**9, (1000 + n) * 10**9))  # a second apart
+        if n in (1, 3):  # the tee's rounds: after the second delivery, after the fourth
+            Tee(incoming, [ops]).run_once()
+    Tee(incoming, [ops, val]).run_once()  # the validation landing joins late: the whole backlog at once
+    assert [p.name for p in complete_deliveries(incoming)] == arrived
+    for target in (ops, val):
+        assert [p.name for p in pending_files(target, "arrival")] == arrived
+        assert [p.name for p in pending_files(target)] == sorted(arrived)
+    with pytest.raises(ValueError, match="arrival"):
+        pending_files(ops, "time")
+
+
 def test_the_tee_command_once_and_as_a_service(dirs):
     incoming, ops, val = dirs
     p = _deliver(incoming, "P0008")

@@ -85,12 +85,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"soc compare: error: cannot write the report: {exc}", file=sys.stderr)
         return 2
-    for t in result.all_tables:
-        if t.differences:
+    for area, tables in result.by_area().items():
+        for t in tables:
             counts = ((t.only_ops, "missing in val"), (t.only_val, "missing in ops"), (t.changed, "changed"),
                       (len(t.schema), "schema"))  # fmt: skip
             what = [f"{n:,} {k}" for n, k in counts if n]
-            print(f"{t.table}: {', '.join(what)}")
+            cols = ", ".join(f"{c} {n:,}" for c, n in sorted(t.changed_by_column.items()))
+            print(f"{area}: {t.table}: {', '.join(what)}" + (f" ({cols})" if cols else ""))
     n_tables = len(result.all_tables)
     if result.identical:
         print(f"identical: {n_tables} tables compared in {result.seconds['total']:.1f} s")

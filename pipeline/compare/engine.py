@@ -27,9 +27,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline.compare import DEFAULT_MAX_ROWS
 from pipeline.compare.rules import (
+    AREAS,
+    SCHEMA,
     Catalog,
     CompareError,
     TableSpec,
+    area_of,
     compared_tables,
     excluded_tables,
     read_catalog,
@@ -153,6 +156,15 @@ class CompareResult:
     def exit_status(self) -> int:
         return 0 if self.identical else 1
 
+    def by_area(self) -> dict[str, list[TableResult]]:
+        """The tables that differ, classified by area (rules.AREAS), in the order of AREAS."""
+        out: dict[str, list[TableResult]] = {}
+        for t in self.all_tables:
+            if t.differences:
+                out.setdefault(area_of(t.table), []).append(t)
+        order = [*AREAS, "other"]
+        return dict(sorted(out.items(), key=lambda kv: order.index(kv[0])))
+
     def table(self, name: str) -> TableResult:
         for t in self.all_tables:
             if t.table == name:
@@ -162,6 +174,7 @@ class CompareResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["identical"], d["differences"] = self.identical, self.differences
+        d["by_area"] = {a: [t.table for t in ts] for a, ts in self.by_area().items()}
         for t, td in zip(self.all_tables, d["tables"] + ([d["manifests"]] if self.manifests else []),
                          strict=True):  # fmt: skip
             td["checksum_equal"], td["differences"] = t.checksum_equal, t.differences
@@ -315,37 +328,76 @@ def _specs(sides: dict[str, Side], cats: dict[str, Catalog], wanted: Sequence[st
 # --------------------------------------------------------------------------------------------- digests
 
 
-def _unit_batches(spec: TableSpec) -> list[list[str]]:
-    """The partitions under the table in statements of about LEAF_BATCH leaves (at least one each)."""
-    out, n = [[]], 0
-    for unit, leaves in spec.units:
-        if out[-1] and n + len(leaves) > LEAF_BATCH:
-            out.append([])
-            n = 0
-        out[-1].append(unit)
-        n += len(leaves)
-    return out if out[0] else []
+SIZE_BATCH = 1024  # leaves whose file size is read per transaction (each takes a lock until it ends)
 
 
 def _digest_steps(spec: TableSpec) -> int:
-    return len(_unit_batches(spec)) or 1
+    """Progress steps of digest_table: the file sizes, then one per partition under the table."""
+    return 1 + len(spec.units) if spec.units else 1
+
+
+def nonempty_leaves(conn: psycopg.Connection, leaves: Sequence[str], schema: str = SCHEMA) -> set[str]:
+    """The leaves whose file holds at least one page (pg_relation_size > 0). Each is locked (ACCESS SHARE)
+    until the transaction ends: give a few at a time (SIZE_BATCH).
+
+    A leaf of size 0 has no rows in any snapshot that reads it now: rows live in pages of the relation's
+    current file, which grows when a page is added, before any row is written to it (a TRUNCATE makes a new
+    empty file, but is not MVCC-safe: once committed, no snapshot sees the old rows either)."""
+    rows = conn.execute(
+        "SELECT relname FROM unnest(%s::text[]) relname"
+        " WHERE pg_relation_size(format('%%I.%%I', %s::text, relname)::regclass) > 0",
+        (list(leaves), schema),
+    ).fetchall()
+    return {n for (n,) in rows}
+
+
+def _leaf_batches(spec: TableSpec, nonempty: set[str]) -> list[list[tuple[str, list[str]]]]:
+    """What to digest, about LEAF_BATCH leaves per statement: [[(part, units it completes)]]. A partition
+    under the table with mostly non-empty leaves is one part (grouping by leaf over it is cheaper than one
+    subquery per leaf); otherwise each of its non-empty leaves is a part, and its empty ones are skipped."""
+    parts: list[tuple[str, int, str]] = []  # (relation, leaves it covers, the unit it belongs to)
+    for unit, leaves in spec.units:
+        full = [leaf for leaf in leaves if leaf in nonempty]
+        if 2 * len(full) > len(leaves):
+            parts.append((unit, len(leaves), unit))
+        else:
+            parts += [(leaf, 1, unit) for leaf in full]
+    batches: list[list[tuple[str, list[str]]]] = []
+    n = LEAF_BATCH
+    for i, (rel, weight, unit) in enumerate(parts):
+        if n + weight > LEAF_BATCH:
+            batches.append([])
+            n = 0
+        last = i + 1 == len(parts) or parts[i + 1][2] != unit
+        batches[-1].append((rel, [unit] if last else []))
+        n += weight
+    return batches
 
 
 def digest_table(
-    side: Side, spec: TableSpec, on_step: Callable[[], None] = lambda: None
+    side: Side, spec: TableSpec, on_step: Callable[[int], None] = lambda n: None
 ) -> dict[str, Digest]:
-    """{segment: digest}: one per leaf partition (empty ones too), or {table: digest} for a plain table."""
+    """{segment: digest}: one per leaf partition (empty ones too), or {table: digest} for a plain table.
+
+    Leaves whose file is empty (nonempty_leaves) are not read: a partitioned table of 12,288 leaves with
+    data in a few hundred costs a few hundred leaves' reads, not 12,288."""
     if not spec.units:
         with side.reading() as conn:
             n, total = conn.execute(digest_query(spec.select())).fetchone()
-        on_step()
+        on_step(1)
         return {spec.name: Digest.of(n, total)}
     out = dict.fromkeys(spec.leaves, Digest())
-    for batch in _unit_batches(spec):
+    nonempty: set[str] = set()
+    for i in range(0, len(spec.leaves), SIZE_BATCH):
         with side.reading() as conn:
-            rows = conn.execute(leaf_digests_query([spec.leaf_rows(u) for u in batch])).fetchall()
+            nonempty |= nonempty_leaves(conn, spec.leaves[i : i + SIZE_BATCH])
+    batches = _leaf_batches(spec, nonempty)
+    on_step(1 + len(spec.units) - sum(len(done) for b in batches for _, done in b))  # the skipped units
+    for batch in batches:
+        with side.reading() as conn:
+            rows = conn.execute(leaf_digests_query([spec.leaf_rows(rel) for rel, _ in batch])).fetchall()
         out.update({leaf: Digest.of(n, total) for leaf, n, total in rows})
-        on_step()
+        on_step(sum(len(done) for _, done in batch))
     return out
 
 
@@ -625,7 +677,7 @@ def _digest_all(pool, sides, plans, bar) -> None:
     def run(side: Side) -> dict:
         out = {}
         for res, per_side, spec in plans:
-            step = lambda: bar.update(tasks[side.label], advance=1)  # noqa: E731
+            step = lambda n: bar.update(tasks[side.label], advance=n)  # noqa: E731
             if spec is not None:
                 out[res.table] = digest_table(side, spec, step)
             elif per_side[side.label] is not None:  # only this side has it (or keys differ): its row count

@@ -6,6 +6,7 @@ from html import escape
 from pathlib import Path
 
 from pipeline.compare.engine import MANIFESTS, CompareResult, RowDiff, TableResult
+from pipeline.compare.rules import AREAS
 
 MAX_VALUE_CHARS = 300  # longer values (packets, JSON summaries) are cut in the HTML; the JSON has them whole
 
@@ -67,6 +68,22 @@ def _summary(result: CompareResult) -> str:
         ]
         tds = "".join(f'<td class="n">{c}</td>' if num else f"<td>{c}</td>" for c, num in cells)
         out.append(f"<tr>{tds}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _areas(result: CompareResult) -> str:
+    """The differences classified by area (rules.AREAS): what differs, and what that means."""
+    out = ["<table><tr><th>area</th><th>what it means</th><th>tables</th><th>differences</th>"
+           "<th>columns changed</th></tr>"]  # fmt: skip
+    for area, tables in result.by_area().items():
+        meaning = AREAS[area][1] if area in AREAS else "a table without an area: classify it in rules.AREAS"
+        links = ", ".join(f'<a href="#{escape(t.table)}">{escape(t.table)}</a>' for t in tables)
+        cols = ", ".join(f"{escape(t.table)}.{escape(c)} ({n:,})" for t in tables
+                         for c, n in sorted(t.changed_by_column.items()))  # fmt: skip
+        n = sum(t.differences for t in tables)
+        out.append(f'<tr><td class="bad">{escape(area)}</td><td>{escape(meaning)}</td><td>{links}</td>'
+                   f'<td class="n">{n:,}</td><td>{cols or "—"}</td></tr>')  # fmt: skip
     out.append("</table>")
     return "\n".join(out)
 
@@ -154,9 +171,10 @@ def html_report(result: CompareResult) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Main Database comparison: {verdict}</h1>",
         "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in info) + "</table>",
-        "<h2>Tables</h2>",
-        _summary(result),
     ]
+    if not result.identical:
+        parts += ["<h2>Differences by area</h2>", _areas(result)]
+    parts += ["<h2>Tables</h2>", _summary(result)]
     if result.excluded_tables:
         parts.append("<p>Not compared:</p><ul>")
         parts += [

@@ -64,6 +64,26 @@ KEYS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# How a difference is classified in the reports: the area of the pipeline a table belongs to, and what a
+# difference there means for a release (docs/compare.md). A table of no area (a new one) is "other".
+AREAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "setup": (("soc_settings", "schema_migrations"), "the deployments' settings or schema differ"),
+    "intake": (("deliveries", "packet_ledger", "quarantine", "raw_packets"),
+               "telemetry was accepted, de-duplicated or quarantined differently"),
+    "chunking": (("chunks", "transit_chunks"), "chunks were reduced at other times, from other input"),
+    "science": (("sources", "transits"), "the image parameters, positions or cross-match differ"),
+    "health": (("health_events", "health_summary"), "payload health was judged differently"),
+    "alerts": (("alert_candidates", "alert_transitions", "alert_names", "alert_run_chunks", "alert_statuses",
+                "alert_status_flow"), "photometric alerts differ"),
+    "products": (("manifests",), "the chunk products delivered to other centres differ"),
+}  # fmt: skip
+
+
+def area_of(table: str) -> str:
+    """The area (AREAS) a table's differences are classified in."""
+    return next((a for a, (tables, _) in AREAS.items() if table in tables), "other")
+
+
 FLOAT_TYPES = ("real", "double precision")
 TIME_TYPES = ("timestamp with time zone", "timestamp without time zone", "date", "time without time zone")
 

@@ -178,11 +178,25 @@ def read_pass(path) -> tuple[PassMeta, bytes, PassChecks]:
     return meta, data, checks
 
 
-def list_passes(directory) -> list[Path]:
-    """The complete deliveries in directory (a .tm with its sidecar), sorted by name."""
+def list_passes(directory, order: str = "name") -> list[Path]:
+    """The complete deliveries in directory (a visible .tm with its sidecar), data paths sorted by name, or
+    with order="arrival" in the order they were completed: by the sidecar's modification time (the sidecar
+    is written last), then by name. The landing tee keeps that time in every copy, so each landing directory
+    lists its deliveries in the order they arrived in the incoming directory, whenever its watcher looks."""
     directory = Path(directory)
-    return sorted(
+    found = [
         p
         for p in directory.glob("*" + DATA_SUFFIX)
         if not p.name.startswith(".") and sidecar_path(p).exists()
-    )
+    ]
+    if order == "name":
+        return sorted(found)
+    if order != "arrival":
+        raise ValueError(f"order: 'name' or 'arrival', not {order!r}")
+    arrived = {}
+    for p in found:
+        try:
+            arrived[p] = sidecar_path(p).stat().st_mtime_ns
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return sorted(arrived, key=lambda p: (arrived[p], p.name))

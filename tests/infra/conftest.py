@@ -35,11 +35,11 @@ def ansible_env() -> dict[str, str]:
     }
 
 
-def run_playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+def run_playbook(name: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """ansible-playbook NAME against the inventory; output kept for the assertion messages."""
     return subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", str(inventory_path()), name, *args],
-        cwd=ANSIBLE_DIR, env=ansible_env(), capture_output=True, text=True, timeout=1800,
+        cwd=ANSIBLE_DIR, env=ansible_env(), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
