@@ -14,7 +14,8 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible/ansible.cfg
 DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
-.PHONY: up test deps venv vault lint unit infra provision bench clean jenkins-golden acceptance
+.PHONY: up test deps venv vault lint unit infra provision bench clean jenkins-golden acceptance infra-tests \
+	acceptance-tests
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -53,16 +54,27 @@ lint: vault
 unit: venv
 	$(BIN)/pytest -n auto
 
-# The provisioned topology: testinfra on every host, idempotence, the failover drill.
+# The provisioned topology: testinfra on every host, services, replication, privileges, idempotence.
 infra: provision
-	$(BIN)/pytest tests/infra --hosts=ansible://all --ansible-inventory=$(INVENTORY)
-
-# The whole suite: the acceptance features last (they fail over and switch the primary back).
-test: lint unit infra acceptance
+	$(MAKE) --no-print-directory infra-tests
 
 # The acceptance features (features/, steps/) on the provisioned local topology, as root; Jenkins publishes
 # reports/cucumber.json and reports/acceptance.xml (and reports/compare-*.html).
 acceptance: provision
+	$(MAKE) --no-print-directory acceptance-tests
+
+# The whole suite: the linters; the unit tests while the topology is provisioned (they use throwaway
+# servers of their own; each target's output is shown when it ends); then the topology's tests, the
+# acceptance features last (they fail over and switch the primary back).
+test: lint
+	$(MAKE) --no-print-directory --output-sync=target -j2 unit provision
+	$(MAKE) --no-print-directory infra-tests acceptance-tests
+
+# The suites of a topology that is already provisioned.
+infra-tests:
+	$(BIN)/pytest tests/infra --hosts=ansible://all --ansible-inventory=$(INVENTORY)
+
+acceptance-tests:
 	mkdir -p reports
 	$(BIN)/pytest steps --cucumberjson=reports/cucumber.json --junitxml=reports/acceptance.xml
 

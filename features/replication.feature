@@ -16,7 +16,7 @@ Feature: The Main Database's synchronous standby, failover and switchover
 
   Scenario: The primary is killed in the middle of an ingest: failover, resume, nothing lost or duplicated
     Given validation runs on a clone of operations, fed the same deliveries by the landing tee
-    And two days of telemetry with every delivery fault
+    And a day and a half of telemetry with every delivery fault
     When they are delivered to the incoming directory
     And operations is writing it, within 120 seconds
     And the primary's postmaster is killed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import __version__
@@ -128,7 +128,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     # validation, fed by one tee, reduce alike)
                     _reduce_in_watch(args, outbox, state)  # what a stopped watcher or lost connection left
                     for path in pending_files(watch, "arrival"):
-                        ingested, _ = _ingest_files(conn, [path], report_all=False)  # refusals: printed
+                        seen = _delivery_stat(path)
+                        if seen is None or state.taken.get(path.name) == seen:
+                            continue  # gone meanwhile, or taken in an earlier look and not changed since
+                        ingested, refused = _ingest_files(conn, [path], report_all=False)  # refusals: printed
+                        if not refused:
+                            state.taken[path.name] = seen
                         state.to_reduce = state.to_reduce or ingested
                         _reduce_in_watch(args, outbox, state)
                     time.sleep(args.interval)
@@ -173,6 +178,18 @@ REDUCE_RETRY_S = 60.0
 class _WatchState:
     to_reduce: bool = True  # reduce once at start: catch up on what a stopped watcher left due
     retry_at: float = 0.0  # after a failed reduction: not before this time (time.monotonic)
+    # deliveries ingested (or found ingested) by this watcher: name -> _delivery_stat. Not read and hashed
+    # again at every look while they stay in the landing; a restart takes each once more (a no-op)
+    taken: dict[str, tuple] = field(default_factory=dict)
+
+
+def _delivery_stat(path: Path) -> tuple | None:
+    """(size, mtime) of a delivery's data file and sidecar: a changed file is taken again (and refused by
+    intake if its content differs from what was ingested under that name). None: removed meanwhile."""
+    try:
+        return tuple((st.st_size, st.st_mtime_ns) for st in (path.stat(), path.with_suffix(".json").stat()))
+    except FileNotFoundError:
+        return None
 
 
 def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _WatchState) -> None:

@@ -79,7 +79,7 @@ def validation_cloned(harness, request):
     assert harness.clone.summary["verify"]["ok"], harness.clone.summary
 
 
-@given("two days of telemetry with every delivery fault")
+@given("a day and a half of telemetry with every delivery fault")
 def drill_set(telemetry, ctx):
     ctx.set = telemetry("failover drill")
 

@@ -1,5 +1,6 @@
 """The configuration file (write vs read DSN) and the landing-directory watcher."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,38 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "the watcher did not ingest every delivery in time"
                 time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_db, tmp_path):
+    """A landing keeps its deliveries: the watcher must not read, hash and log them again at every look
+    (an ingest_log row per delivery per look), only a delivery that changed."""
+    dsn = new_db()
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    f = pending_files(faulty_day / "passes")[0]
+    shutil.copy(f, landing / f.name)
+    shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+    cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--interval", "0.1",
+           "--dsn", dsn]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = "SELECT outcome, count(*) FROM ingest_log WHERE file_name = %s GROUP BY 1 ORDER BY 1"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 60  # ingested within 60 seconds
+            while not conn.execute(log, (f.name,)).fetchall():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.1)
+            time.sleep(2.0)  # some twenty looks
+            assert conn.execute(log, (f.name,)).fetchall() == [("ingested", 1)]
+            os.utime(landing / f.name)  # touched: taken again, found ingested already
+            deadline = time.monotonic() + 30
+            while len(conn.execute(log, (f.name,)).fetchall()) < 2:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.1)
+            assert conn.execute(log, (f.name,)).fetchall() == [("already_ingested", 1), ("ingested", 1)]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
