@@ -127,6 +127,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     # only on that order, not on how many deliveries each look finds (operations and
                     # validation, fed by one tee, reduce alike)
                     _reduce_in_watch(args, outbox, state)  # what a stopped watcher or lost connection left
+                    # what this watcher took is known only for the database it took it into; each look
+                    # checks it is still that one (a new validation clone is another database, with
+                    # operations' contents of some time ago, and an idle watcher would not notice otherwise)
+                    database = conn.execute(DATABASE_IDENTITY).fetchone()
+                    if database != state.database:
+                        state.taken.clear()
+                        state.database = database
                     for path in pending_files(watch, "arrival"):
                         seen = _delivery_stat(path)
                         if seen is None or state.taken.get(path.name) == seen:
@@ -178,9 +185,16 @@ REDUCE_RETRY_S = 60.0
 class _WatchState:
     to_reduce: bool = True  # reduce once at start: catch up on what a stopped watcher left due
     retry_at: float = 0.0  # after a failed reduction: not before this time (time.monotonic)
-    # deliveries ingested (or found ingested) by this watcher: name -> _delivery_stat. Not read and hashed
-    # again at every look while they stay in the landing; a restart takes each once more (a no-op)
+    # deliveries ingested (or found ingested) into `database`: name -> _delivery_stat. Not read and hashed
+    # again at every look while they stay in the landing; another database takes each once more
     taken: dict[str, tuple] = field(default_factory=dict)
+    database: tuple | None = None  # DATABASE_IDENTITY of the database `taken` refers to
+
+
+# The database a watcher writes to: its server's start (a clone is a server of its own) and its oid.
+DATABASE_IDENTITY = (
+    "SELECT pg_postmaster_start_time(), oid FROM pg_database WHERE datname = current_database()"
+)
 
 
 def _delivery_stat(path: Path) -> tuple | None:

@@ -82,9 +82,10 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
         proc.wait(timeout=10)
 
 
-def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_db, tmp_path):
+def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_db, pg_template, tmp_path):
     """A landing keeps its deliveries: the watcher must not read, hash and log them again at every look
-    (an ingest_log row per delivery per look), only a delivery that changed."""
+    (an ingest_log row per delivery per look), only a delivery that changed, or every delivery again when
+    it reconnects (the database may be another one)."""
     dsn = new_db()
     landing = tmp_path / "landing"
     landing.mkdir()
@@ -99,16 +100,31 @@ def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_
         with psycopg.connect(dsn, autocommit=True) as conn:
             deadline = time.monotonic() + 60  # ingested within 60 seconds
             while not conn.execute(log, (f.name,)).fetchall():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "not ingested in time"
                 time.sleep(0.1)
             time.sleep(2.0)  # some twenty looks
             assert conn.execute(log, (f.name,)).fetchall() == [("ingested", 1)]
             os.utime(landing / f.name)  # touched: taken again, found ingested already
             deadline = time.monotonic() + 30
             while len(conn.execute(log, (f.name,)).fetchall()) < 2:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the touched delivery was not taken again"
                 time.sleep(0.1)
             assert conn.execute(log, (f.name,)).fetchall() == [("already_ingested", 1), ("ingested", 1)]
+        # the database replaced under the watcher (as a new validation clone is): a fresh one without the
+        # delivery, under the same name; the watcher reconnects and must take the delivery into it
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+        admin = psycopg.conninfo.make_conninfo(dsn, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {params['dbname']} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {params['dbname']} TEMPLATE {pg_template}")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < 1:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the delivery was not taken into the new database"
+                time.sleep(0.1)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

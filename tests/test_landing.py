@@ -157,10 +157,13 @@ def test_the_tee_command_once_and_as_a_service(dirs):
         q = _deliver(incoming, "P0009")
         deadline = time.monotonic() + 30
         sidecar = q.with_suffix(".json").name
+        # both copies, and the round's report of them (printed when the round ends: a busy machine can
+        # stop the tee between the copy and the report)
         while not ((ops / sidecar).exists() and (val / sidecar).exists()):
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "the tee did not copy the delivery in time"
             time.sleep(0.1)
+        time.sleep(1.0)  # some rounds of 0.1 s
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
