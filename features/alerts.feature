@@ -6,7 +6,6 @@ Feature: Photometric science alerts
   Background:
     Given the local topology is provisioned
 
-  @full
   Scenario: Injected photometric events produce alert candidates
     Given a day of telemetry with injected photometric events on the working catalogue
     When it is delivered to the incoming directory

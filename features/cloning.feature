@@ -1,4 +1,3 @@
-@full
 Feature: A clone of operations, taken while operations ingests
   Validation works on a btrfs-snapshot clone of operations' hot standby (soc-clone take). Taking it must
   not hold operations up beyond the bound, must give a consistent database, and is itself the proof that

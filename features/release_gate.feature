@@ -1,4 +1,3 @@
-@full
 Feature: The release gate: a candidate release on validation beside the current one in operations
   A release reaches operations only after it has replayed telemetry beside the current release. The
   candidate, the pipeline's wheel built from a git revision, is deployed on the validation host alone

@@ -157,12 +157,13 @@ def _scan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, 
     bounds = np.flatnonzero(np.diff(chunk[order])) + 1
     ctx = np.flatnonzero(np.isin(apid, CONTEXT_APIDS))
     ctx = ctx[np.argsort(obt[ctx])]
+    ctx_obt = obt[ctx]  # once: taking it per chunk cost O(chunks x context packets)
     states = []
     for idx in np.split(order, bounds):
         c = int(chunk[idx[0]])
         end = (c + 1) * chunk_s
         rev, dig = current.get(c, (0, None))
-        lo, hi = np.searchsorted(obt[ctx], [c * chunk_s - CONTEXT_MARGIN_S, end + CONTEXT_MARGIN_S])
+        lo, hi = np.searchsorted(ctx_obt, [c * chunk_s - CONTEXT_MARGIN_S, end + CONTEXT_MARGIN_S])
         around = ctx[lo:hi][chunk[ctx[lo:hi]] != c]
         inp = np.r_[idx, around]
         states.append(ChunkState(
@@ -193,11 +194,13 @@ def reduce_due(conn: psycopg.Connection, reducer: Reducer, flush: bool = False) 
 
     reducer(conn, chunk_id, revision, packets) runs inside the revision's transaction and returns the
     number of transits it wrote; a failure rolls the whole revision back. If the reducer has a method
-    committed(chunk_id, revision, input_digest), it is called after the revision's transaction commits
-    (to publish what must not exist unless the revision does, such as downstream products).
+    committed(conn, chunk_id, revision, input_digest), it is called after the revision's transaction
+    commits (to publish what must not exist unless the revision does, such as downstream products); if it
+    has a method recover(conn), it is called first (to finish what a reducer stopped after a commit left).
     """
     if not conn.autocommit:
         raise RuntimeError("reduce_due needs an autocommit connection: each revision is its own transaction")
+    _recover(conn, reducer)
     chunk_s, h, due = _plan(conn, flush)
     return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
 
@@ -217,9 +220,10 @@ def reduce_due_parallel(
     is in the order of the due chunks, as reduce_due gives it.
     """
     with psycopg.connect(dsn, autocommit=True) as conn:
+        reducer = make_reducer(conn)
+        _recover(conn, reducer)
         chunk_s, h, due = _plan(conn, flush)
         if workers <= 1 or len(due) <= 1:
-            reducer = make_reducer(conn)
             return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
         plan = _Handout(len(due), workers)
         results: dict[int, tuple[int, int, str] | None] = {}
@@ -243,7 +247,6 @@ def reduce_due_parallel(
             for t in feeders:
                 t.start()
             try:
-                reducer = make_reducer(conn)
                 while (i := plan.take()) is not None:
                     results[i] = _reduce_one(conn, reducer, due[i], chunk_s, h)
                     plan.done(i)
@@ -310,6 +313,11 @@ def _worker_reduce(st: ChunkState, chunk_s: float, h: float):
     return _reduce_one(_worker["conn"], _worker["reducer"], st, chunk_s, h)
 
 
+def _recover(conn: psycopg.Connection, reducer: Reducer) -> None:
+    if hasattr(reducer, "recover"):
+        reducer.recover(conn)
+
+
 def _plan(conn: psycopg.Connection, flush: bool = False) -> tuple[float, float, list[ChunkState]]:
     chunk_s, h, states = _scan(conn, flush)
     return chunk_s, h, [st for st in states if st.due]
@@ -338,5 +346,5 @@ def _reduce_one(
             (st.chunk_id, revision, reason, st.n_packets, st.input_digest, h, st.gaps, n_transits),
         )
     if hasattr(reducer, "committed"):
-        reducer.committed(st.chunk_id, revision, st.input_digest)
+        reducer.committed(conn, st.chunk_id, revision, st.input_digest)
     return st.chunk_id, revision, reason

@@ -141,7 +141,10 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                         ingested, refused = _ingest_files(conn, [path], report_all=False)  # refusals: printed
                         if not refused:
                             state.taken[path.name] = seen
-                        state.to_reduce = state.to_reduce or ingested
+                        # new data: reduce now, even within a failed reduction's retry delay (what failed
+                        # may have lacked just this data; and what is reduced must not depend on timing)
+                        if ingested:
+                            state.to_reduce, state.retry_at = True, 0.0
                         _reduce_in_watch(args, outbox, state)
                     time.sleep(args.interval)
             except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction) as exc:
@@ -211,8 +214,8 @@ def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _Watc
 
     Chunks become due only when data arrives (deadlines are in on-board time), so reducing after each
     delivery that ingested something reduces every due chunk. A failed reduction is reported and retried
-    after REDUCE_RETRY_S seconds; intake goes on meanwhile (telemetry is never held up by a reduction
-    problem).
+    after REDUCE_RETRY_S seconds, or at once after a delivery that ingests something; intake goes on
+    meanwhile (telemetry is never held up by a reduction problem).
     """
     import time
 

@@ -20,7 +20,14 @@ import numpy as np
 import psycopg
 
 from pipeline import __version__
-from pipeline.db.load import empty_transits, healpix_of, healpix_order, load_transits, upsert_sources
+from pipeline.db.load import (
+    empty_transits,
+    healpix_of,
+    healpix_order,
+    load_transits,
+    read_transits,
+    upsert_sources,
+)
 from pipeline.db.migrate import settings
 from pipeline.distribute import write_product
 from pipeline.health import HK_KINDS, HealthLimits, bias_before, chunk_science, monitor_chunk
@@ -120,13 +127,38 @@ class ChunkReducer:
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
-    def committed(self, chunk_id: int, revision: int, input_digest: str) -> None:
-        """After the revision's transaction committed: publish its downstream product."""
+    def committed(self, conn: psycopg.Connection, chunk_id: int, revision: int, input_digest: str) -> None:
+        """After the revision's transaction committed: publish its downstream product, then record it
+        (chunks.published). A reducer stopped in between leaves it unrecorded: recover() publishes it."""
         pending = self._pending.pop((chunk_id, revision), None)
-        if pending is not None:
-            product, chunk_s = pending
-            write_product(self.outbox, chunk_id, revision, product, input_digest=input_digest,
-                          software_version=__version__, chunk_seconds=chunk_s)  # fmt: skip
+        if self.outbox is None:
+            return
+        chunk_s = float(settings(conn)["chunk_seconds"])
+        if pending is None:  # not reduced by this reducer: the revision's transits as the database holds them
+            loaded = read_transits(conn, chunk_id)
+            if loaded is None or loaded[0] != revision:
+                return  # superseded before its product was published: the next revision's product replaces it
+            pending = loaded[1], chunk_s
+        product, _ = pending
+        write_product(self.outbox, chunk_id, revision, product, input_digest=input_digest,
+                      software_version=__version__, chunk_seconds=chunk_s)  # fmt: skip
+        conn.execute(
+            "UPDATE chunks SET published = true WHERE chunk_id = %s AND revision = %s", (chunk_id, revision)
+        )
+
+    def recover(self, conn: psycopg.Connection) -> list[tuple[int, int]]:
+        """Publish the products of the chunk revisions that committed and were not recorded as published (a
+        reducer stopped between the two, or the database lost meanwhile) -> [(chunk_id, revision)]. Only
+        revisions still loaded can be; writing a product again changes nothing (pipeline.distribute)."""
+        if self.outbox is None:
+            return []
+        todo = conn.execute(
+            "SELECT c.chunk_id, c.revision, c.input_digest FROM chunks c"
+            " JOIN transit_chunks t USING (chunk_id, revision) WHERE NOT c.published ORDER BY 1"
+        ).fetchall()
+        for chunk_id, revision, input_digest in todo:
+            self.committed(conn, chunk_id, revision, input_digest)
+        return [(c, r) for c, r, _ in todo]
 
     def _transits(self, conn, chunk_id: int, star: dict, tr: dict, dec) -> dict | None:
         with self._timed("positions"):

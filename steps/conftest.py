@@ -28,7 +28,7 @@ from pipeline.chunks import LOWEST_PRIORITY_APIDS, horizon
 from steps.environments import Harness, describe
 from steps.release_gate import *  # noqa: F403  (the release gate's steps and fixtures)
 from steps.replication import *  # noqa: F403  (the replication feature's steps and fixtures)
-from steps.telemetry import SETS, DayAllocator, TelemetrySet, make_set
+from steps.telemetry import SETS, SIZES, DayAllocator, TelemetrySet, make_set, sets_of_size
 from tests.infra.conftest import live_primary, superuser_query, topology  # noqa: F401  (the fixture)
 
 OUTLINE_SETS = pytest.StashKey[list]()
@@ -36,6 +36,14 @@ INTAKE_TABLES = ["deliveries", "packet_ledger", "quarantine", "raw_packets"]
 
 
 @pytest.hookimpl(trylast=True)
+def pytest_addoption(parser):
+    parser.addoption(
+        "--telemetry-size", choices=SIZES, default="full",
+        help="the telemetry sets' size: full (make acceptance, Jenkins) or small (make test, within the CI"
+        " budget); steps/telemetry.py",
+    )  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
     """The telemetry sets of the selected examples of validation_vs_operations: delivered together."""
     sets: list[str] = []
@@ -66,8 +74,10 @@ def work(request) -> Path:
 
 
 @pytest.fixture(scope="session")
-def telemetry(harness, work):
-    """telemetry(name) -> TelemetrySet: simulated once per session, on days operations has none of."""
+def telemetry(harness, work, request):
+    """telemetry(name) -> TelemetrySet: simulated once per session, on days operations has none of, at
+    the session's --telemetry-size."""
+    specs = sets_of_size(request.config.getoption("--telemetry-size"))
     settings = dict(harness.primary_query("SELECT key, value FROM soc_settings"))
     allocator = DayAllocator({n for (n,) in harness.primary_query("SELECT file_name FROM deliveries")})
     out = work / "telemetry"
@@ -76,7 +86,7 @@ def telemetry(harness, work):
 
     def get(name: str) -> TelemetrySet:
         if name not in made:
-            spec = SETS[name]
+            spec = specs[name]
             made[name] = make_set(name, spec, allocator.take(spec), int(settings["catalogue_seed"]),
                                   float(settings["catalogue_scale"]), out)  # fmt: skip
         return made[name]

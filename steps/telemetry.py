@@ -1,5 +1,7 @@
 """The telemetry sets the acceptance features replay: small simulated days, on days operations has no
-delivery of, simulated once per session.
+delivery of, simulated once per session, at one of two sizes (pytest --telemetry-size): "full" for `make
+acceptance` and Jenkins' acceptance job, "small" (a day where full has a day and a half or two) for `make
+test`, whose CI budget holds every scenario at that size.
 
 Every set is simulated with the deployment's catalogue seed; the sets that check science against the
 simulator's truth (the alerts) also use its catalogue scale, so their sources are the working catalogue's.
@@ -9,7 +11,7 @@ alike in every environment, which is all a comparison needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
@@ -58,6 +60,26 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     # the failover drill: a day and a half, every fault (the watcher's resumption meets them all)
     "failover drill": SetSpec(days=1.5, faults=FAULT_KINDS, first_day=date(2016, 8, 5)),
 }
+# make test: every set a day long (a day's contacts: three passes), which roughly halves its reduction
+SMALL_DAYS = 1.0
+# ... and the events day, at the catalogue's scale, with a roomy downlink: at the usual margin its one
+# day's data outgrows its contacts and none of its chunks would be due within the set
+SMALL_CHANGES = {"events day": {"downlink_margin": 3.0}}
+SIZES = ("full", "small")
+
+
+def sets_of_size(size: str) -> dict[str, SetSpec]:
+    """The telemetry sets at a size of SIZES."""
+    if size not in SIZES:
+        raise ValueError(f"telemetry size {size!r}: one of {SIZES}")
+    if size == "full":
+        return SETS
+    return {
+        name: replace(spec, days=min(spec.days, SMALL_DAYS), **SMALL_CHANGES.get(name, {}))
+        for name, spec in SETS.items()
+    }
+
+
 FIRST_DAY = date(2016, 9, 1)  # ordinary sets: the first free days from here, in the order asked for
 
 
@@ -89,16 +111,23 @@ def dense_days(year_from: float) -> list[date]:
     return [date.fromisoformat(iso(year_from + i * DAY_S)[:10]) for i in np.argsort(-daily)]
 
 
+# Sets are simulated with one seed: two sets whose days overlap carry the same transits under other
+# sequence counts, which intake keeps as different packets. A set's deliveries are named from its first
+# day, so a day is free when no delivery names it, the following days of the set (where a backlog lands)
+# or the days before it where a set of any size (whose data runs on into this day) can have begun.
+LONGEST_DAYS = int(np.ceil(max(spec.days for spec in SETS.values())))
+
+
 class DayAllocator:
-    """Days that no delivery of operations names (nor the next ones, where a backlog lands), none given
-    twice in a session."""
+    """Days that no delivery of operations names (nor the days of a set around them: LONGEST_DAYS), none
+    given twice in a session."""
 
     def __init__(self, delivered: set[str]):
         self.delivered = delivered
         self.taken: set[date] = set()
 
     def _free(self, d: date, days: float) -> bool:
-        span = [d + timedelta(i) for i in range(int(np.ceil(days)) + 1)]
+        span = [d + timedelta(i) for i in range(-LONGEST_DAYS, int(np.ceil(days)) + 1)]
         return not any(
             x in self.taken or any(x.strftime("-%Y%m%dT") in n for n in self.delivered) for x in span
         )

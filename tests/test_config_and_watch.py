@@ -1,7 +1,6 @@
 """The configuration file (write vs read DSN) and the landing-directory watcher."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import pytest
 
 from pipeline.config import ConfigError, load
 from pipeline.intake import pending_files
+from pipeline.landing import deliver
 
 
 def test_the_file_names_the_primary_and_the_replica(tmp_path, monkeypatch):
@@ -69,8 +69,7 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
     try:
         files = pending_files(faulty_day / "passes")
         for f in files:  # the data file first, the sidecar last, as a ground station delivers
-            shutil.copy(f, landing / f.name)
-            shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+            deliver([f], landing)
         deadline = time.monotonic() + 60  # all deliveries ingested within 60 seconds
         with psycopg.connect(dsn, autocommit=True) as conn:
             while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < len(files):
@@ -90,8 +89,7 @@ def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_
     landing = tmp_path / "landing"
     landing.mkdir()
     f = pending_files(faulty_day / "passes")[0]
-    shutil.copy(f, landing / f.name)
-    shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+    deliver([f], landing)
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--interval", "0.1",
            "--dsn", dsn]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -140,8 +138,7 @@ def test_the_watcher_outlasts_a_database_that_does_not_take_writes_yet(faulty_da
     landing = tmp_path / "landing"
     landing.mkdir()
     f = pending_files(faulty_day / "passes")[0]
-    shutil.copy(f, landing / f.name)
-    shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+    deliver([f], landing)
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--interval", "0.2",
            "--dsn", dsn]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -194,8 +191,7 @@ def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_
     try:
         files = pending_files(faulty_day / "passes")
         for f in files:
-            shutil.copy(f, landing / f.name)
-            shutil.copy(f.with_suffix(".json"), landing / f.with_suffix(".json").name)
+            deliver([f], landing)
         deadline = time.monotonic() + 240  # everything ingested and every due chunk reduced
         with psycopg.connect(dsn, autocommit=True) as conn:
             while (
@@ -220,6 +216,40 @@ def _watcher(dsn: str, landing, log):
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--reduce",
            "--workers", "2", "--interval", "0.2", "--dsn", dsn]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(faulty_day, new_db, tmp_path):
+    """The watcher's first reduction fails (the working catalogue is not set yet: a clear error, retried
+    after REDUCE_RETRY_S); once it is set, the deliveries that land are reduced at once, not after the
+    retry delay: new data may be what a failed reduction lacked."""
+    from pipeline.cli import REDUCE_RETRY_S
+
+    dsn = new_db()
+    landing, log = tmp_path / "landing", tmp_path / "watch.log"
+    landing.mkdir()
+    with open(log, "w") as out:
+        proc = _watcher(dsn, landing, out)
+    try:
+        deadline = time.monotonic() + 60
+        while "reduction failed" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the first reduction did not fail"
+            time.sleep(0.2)
+        failed_at = time.monotonic()
+        assert "catalogue_seed" in log.read_text()  # what is missing, said
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)"
+            )
+            deliver(pending_files(faulty_day / "passes"), landing)
+            while not conn.execute("SELECT count(*) FROM chunks").fetchone()[0]:
+                assert proc.poll() is None, log.read_text()
+                waited = time.monotonic() - failed_at
+                assert waited < REDUCE_RETRY_S * 0.75, f"nothing reduced {waited:.0f} s after the failure"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _wait_quiet(dsn: str, n_files: int, proc, log, timeout: float) -> list[tuple]:
@@ -265,8 +295,7 @@ def test_two_watchers_fed_by_one_tee_reduce_alike_however_their_looks_fall(fault
         proc = _watcher(dsns[0], ops, out)
     try:
         for n, f in enumerate(files, 1):  # as a ground station delivers: data file, then sidecar
-            shutil.copy(f, incoming / f.name)
-            shutil.copy(f.with_suffix(".json"), incoming / f.with_suffix(".json").name)
+            deliver([f], incoming)
             tee.run_once()
             _wait_quiet(dsns[0], n, proc, logs[0], 120)  # operations took this delivery alone
         ops_chunks = _wait_quiet(dsns[0], len(files), proc, logs[0], 120)

@@ -156,6 +156,36 @@ def test_every_chunk_revision_is_a_verified_downstream_product(reduced, outbox):
     assert main(["verify-product", "--outbox", str(outbox)]) == 0
 
 
+def test_products_a_stopped_reducer_did_not_publish_are_published_by_the_next_reduction(
+    roomy_day, pg_server, reduced, outbox, tmp_path
+):
+    """A reducer that stops after each revision commits, before its product is written (as a process
+    killed there would): the next reduction, with nothing left to reduce, publishes every one of them,
+    byte for byte the products of an uninterrupted run, and records them; once."""
+    dsn = _database(pg_server, "soc_unpublished")
+
+    class StoppedAfterCommit(ChunkReducer):
+        def committed(self, conn, chunk_id, revision, input_digest):
+            self._pending.pop((chunk_id, revision))
+
+    later = tmp_path / "outbox"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes"):
+            ingest_file(conn, f)
+        done = reduce_due(conn, StoppedAfterCommit(WorkingCatalogue.from_settings(conn), outbox=later))
+        assert done and not later.exists()
+        unpublished = conn.execute("SELECT chunk_id, revision FROM chunks WHERE NOT published").fetchall()
+        assert sorted(unpublished) == sorted((c, r) for c, r, _ in done)
+
+        reducer = ChunkReducer(WorkingCatalogue.from_settings(conn), outbox=later)
+        assert reduce_due(conn, reducer) == []  # nothing to reduce, but the products published
+        assert conn.execute("SELECT count(*) FROM chunks WHERE NOT published").fetchone() == (0,)
+        assert reducer.recover(conn) == []
+    published = {p.name: p.read_bytes() for p in later.iterdir()}
+    assert published == {p.name: p.read_bytes() for p in outbox.iterdir()}
+    assert len(published) == 2 * len(done)
+
+
 def test_a_chunk_revision_is_one_transaction(roomy_day, pg_server):
     dsn = _database(pg_server, "soc_rollback")
 

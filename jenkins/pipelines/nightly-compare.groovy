@@ -5,6 +5,9 @@
 // INVENTORY, AGENT_LABEL and GIT_URL are choices with a single value, fixed by the job's definition.
 //
 //   Prepare   the playbooks of GIT_REF, the project's virtual environment, the inventory's vault.
+//   Candidate with CANDIDATE_REF only (the release gate): ansible-playbook candidate.yml deploys that
+//             revision's release on the validation host alone; operations keeps GIT_REF's. At the end,
+//             whatever the result, candidate.yml puts GIT_REF's release back on validation.
 //   Clone     ansible-playbook clone.yml -e clone_action=take: validation becomes a clone of operations.
 //   Replay    ansible-playbook replay.yml: one simulated day delivered to both, ingested and reduced.
 //   Compare   soc compare OPS_DSN VAL_DSN: checksums per table, rows where they differ; the HTML report
@@ -78,6 +81,21 @@ pipeline {
                 }
             }
         }
+        stage('Candidate') {
+            when {
+                expression { params.CANDIDATE_REF }
+            }
+            steps {
+                script {
+                    env.SOC_OPERATIONS_COMMIT = sh(returnStdout: true, script: 'git rev-parse HEAD').trim()
+                    // the candidate's commit, if the checkout did not bring it
+                    sh 'git cat-file -e "$CANDIDATE_REF^{commit}" || git fetch --no-tags origin "$CANDIDATE_REF"'
+                    currentBuild.description += " (candidate ${params.CANDIDATE_REF.take(12)})"
+                    venvSh script: '''cd ansible && ansible-playbook -i "inventories/$INVENTORY" candidate.yml \
+                        -e candidate_revision="$CANDIDATE_REF"'''
+                }
+            }
+        }
         stage('Clone') {
             steps {
                 script {
@@ -113,6 +131,12 @@ pipeline {
     }
     post {
         always {
+            script {
+                if (env.SOC_OPERATIONS_COMMIT) {  // validation back on operations' release
+                    venvSh script: '''cd ansible && ansible-playbook -i "inventories/$INVENTORY" candidate.yml \
+                        -e candidate_revision="$SOC_OPERATIONS_COMMIT"'''
+                }
+            }
             publishHTML(target: [reportName: 'Comparison', reportDir: 'reports', reportFiles: 'compare.html',
                                  keepAll: true, alwaysLinkToLastBuild: true, allowMissing: true])
             archiveArtifacts artifacts: 'reports/compare.*', allowEmptyArchive: true

@@ -8,6 +8,9 @@
 //   Build       JOB_PREFIX-build: the wheel and the documentation.
 //   Verify      JOB_PREFIX-test and JOB_PREFIX-quality, side by side.
 //   Acceptance  JOB_PREFIX-acceptance: the Gherkin features.
+//   Validation  JOB_PREFIX-nightly-compare with CANDIDATE_REF = the commit: validation runs the commit's
+//               release (candidate.yml), operations its own; a fresh clone, a day replayed through both,
+//               soc compare. Any difference fails the gate (its report is that build's Comparison).
 //   Candidate   JOB_PREFIX-deploy-production is started on the commit and not waited for: it checks the
 //               commit against production and waits for a release manager's approval (a newer candidate
 //               that is approved first aborts it).
@@ -67,6 +70,12 @@ pipeline {
                 script {
                     gateJob('acceptance')
                 }
+            }
+        }
+        stage('Validation') {
+            steps {
+                build(job: "${params.JOB_PREFIX}-nightly-compare", wait: true, propagate: true,
+                      parameters: [string(name: 'CANDIDATE_REF', value: env.GATE_COMMIT)])
             }
         }
         stage('Candidate') {

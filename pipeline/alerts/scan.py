@@ -323,9 +323,13 @@ def new_sources_by_pixel(
     conn: psycopg.Connection, revisions: Sequence[tuple[int, int, Sequence[int]]]
 ) -> dict[int, np.ndarray]:
     """{pixel: sorted source ids with a transit in one of the chunk revisions}: one query per revision,
-    over the pixels transit_chunks says it wrote to (revisions: (chunk_id, revision, pixels))."""
+    over the pixels transit_chunks says it wrote to (revisions: (chunk_id, revision, pixels)). A revision
+    that wrote no transit is not queried: an empty pixel list prunes no partition, and the query would
+    plan all 12,288 of them (0.7 s each)."""
     found: dict[int, list[np.ndarray]] = {}
     for chunk_id, revision, pixels in revisions:
+        if not pixels:
+            continue
         rows = conn.execute(
             "SELECT DISTINCT healpix, source_id FROM transits"
             " WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s AND revision = %s",

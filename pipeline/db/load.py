@@ -334,6 +334,39 @@ def delete_chunk(conn: psycopg.Connection, chunk_id: int) -> int:
     return cur.rowcount
 
 
+def read_transits(conn: psycopg.Connection, chunk_id: int) -> tuple[int, dict[str, np.ndarray]] | None:
+    """The transits of CHUNK_ID as loaded (its current revision) -> (revision, {column of TRANSIT_COLUMNS:
+    values}, NULLs masked in the nullable columns); None if the chunk was never loaded. Read in binary
+    (every value exactly as stored), over the pixels transit_chunks records."""
+    loaded = conn.execute(
+        "SELECT revision, pixels FROM transit_chunks WHERE chunk_id = %s", (chunk_id,)
+    ).fetchone()
+    if loaded is None:
+        return None
+    revision, pixels = loaded
+    rows = []
+    if pixels:  # none: no transit (and an empty pixel list would plan every partition)
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            f"SELECT {', '.join(c.name for c in TRANSIT_COLUMNS)} FROM transits"
+            " WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s",
+            (pixels, chunk_id),
+            prepare=False,
+        )
+        rows = cur.fetchall()
+    out = {}
+    for i, c in enumerate(TRANSIT_COLUMNS):
+        values = [r[i] for r in rows]
+        dtype = np.dtype(_NP[c.pgtype]).newbyteorder("=")
+        if c.nullable:
+            null = np.array([v is None for v in values], dtype=bool)
+            data = np.array([0 if v is None else v for v in values], dtype=dtype)
+            out[c.name] = np.ma.MaskedArray(data, mask=null)
+        else:
+            out[c.name] = np.array(values, dtype=dtype)
+    return revision, out
+
+
 def load_transits(
     conn: psycopg.Connection,
     rows: Mapping[str, np.ndarray],
