@@ -4,6 +4,7 @@ from datetime import date, timedelta
 
 import pytest
 
+from pipeline.simulate.events import DEFAULT_EVENT_RATE
 from steps.telemetry import LONGEST_DAYS, SETS, DayAllocator, SetSpec, sets_of_size
 
 
@@ -25,7 +26,9 @@ def test_the_small_sets_are_the_full_ones_a_day_long():
         kept = ("faults", "scale", "dense", "first_day")
         assert small[name].days == min(spec.days, 1.0)
         assert [getattr(small[name], k) for k in kept] == [getattr(spec, k) for k in kept]
-        margin = 3.0 if name == "events day" else spec.downlink_margin  # its day's chunks due within the set
-        assert small[name].downlink_margin == margin
+        if name == "events day":  # its day's chunks due within the set, and events enough to count
+            assert small[name].downlink_margin == 3.0 and small[name].event_rate > DEFAULT_EVENT_RATE
+        else:
+            assert small[name].downlink_margin == spec.downlink_margin and small[name].event_rate is None
     with pytest.raises(ValueError, match="telemetry size"):
         sets_of_size("huge")
