@@ -63,12 +63,12 @@ infra: provision
 acceptance: provision
 	$(MAKE) --no-print-directory acceptance-tests
 
-# The whole suite: the linters; the unit tests while the topology is provisioned (they use throwaway
+# The whole suite: the linters and the unit tests while the topology is provisioned (the tests use throwaway
 # servers of their own; each target's output is shown when it ends); then the topology's tests, the
 # acceptance features last (they fail over and switch the primary back), every scenario, on the small
 # telemetry sets (within the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job).
-test: lint
-	$(MAKE) --no-print-directory --output-sync=target -j2 unit provision
+test: vault
+	$(MAKE) --no-print-directory --output-sync=target -j3 lint unit provision
 	$(MAKE) --no-print-directory infra-tests acceptance-tests ACCEPTANCE_SIZE=small
 
 # The suites of a topology that is already provisioned.
