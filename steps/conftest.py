@@ -35,7 +35,6 @@ OUTLINE_SETS = pytest.StashKey[list]()
 INTAKE_TABLES = ["deliveries", "packet_ledger", "quarantine", "raw_packets"]
 
 
-@pytest.hookimpl(trylast=True)
 def pytest_addoption(parser):
     parser.addoption(
         "--telemetry-size", choices=SIZES, default="full",
@@ -44,6 +43,7 @@ def pytest_addoption(parser):
     )  # fmt: skip
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """The telemetry sets of the selected examples of validation_vs_operations: delivered together."""
     sets: list[str] = []
