@@ -65,11 +65,15 @@ acceptance: provision
 
 # The whole suite: the linters and the unit tests while the topology is provisioned (the tests use throwaway
 # servers of their own; each target's output is shown when it ends); then the topology's tests, the
-# acceptance features last (they fail over and switch the primary back), every scenario, on the small
-# telemetry sets (within the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job).
+# acceptance features last (they fail over and switch the primary back), on the small telemetry sets
+# (within the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job). Not yet the
+# injected events and the release gate: on a day of a small set they failed for want of events and of a
+# complete pass (docs/acceptance.md); `make acceptance` runs them.
+MAKE_TEST_SELECT := not injected and not gate
 test: vault
 	$(MAKE) --no-print-directory --output-sync=target -j3 lint unit provision
-	$(MAKE) --no-print-directory infra-tests acceptance-tests ACCEPTANCE_SIZE=small
+	$(MAKE) --no-print-directory infra-tests acceptance-tests ACCEPTANCE_SIZE=small \
+		ACCEPTANCE_SELECT="$(MAKE_TEST_SELECT)"
 
 # The suites of a topology that is already provisioned.
 infra-tests:
