@@ -133,13 +133,12 @@ class ChunkReducer:
         pending = self._pending.pop((chunk_id, revision), None)
         if self.outbox is None:
             return
-        chunk_s = float(settings(conn)["chunk_seconds"])
         if pending is None:  # not reduced by this reducer: the revision's transits as the database holds them
             loaded = read_transits(conn, chunk_id)
             if loaded is None or loaded[0] != revision:
                 return  # superseded before its product was published: the next revision's product replaces it
-            pending = loaded[1], chunk_s
-        product, _ = pending
+            pending = loaded[1], float(settings(conn)["chunk_seconds"])
+        product, chunk_s = pending
         write_product(self.outbox, chunk_id, revision, product, input_digest=input_digest,
                       software_version=__version__, chunk_seconds=chunk_s)  # fmt: skip
         conn.execute(

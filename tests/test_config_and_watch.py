@@ -13,6 +13,27 @@ from pipeline.intake import pending_files
 from pipeline.landing import deliver
 
 
+def _until(done, proc, seconds: float, what: str, log=None, every: float = 0.2) -> None:
+    """Wait until done() is true, for at most `seconds`; fail at once, with its output (log, else its
+    stderr), if the watcher proc exits."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert proc.poll() is None, log.read_text() if log else proc.stderr.read()
+        assert time.monotonic() < deadline, f"not {what} within {seconds:.0f} s"
+        time.sleep(every)
+
+
+def _deliveries(conn) -> int:
+    return conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+
+
+def _quiet(conn, n_files: int) -> bool:
+    """Every one of n_files deliveries ingested and no chunk due."""
+    from pipeline.chunks import chunk_states
+
+    return _deliveries(conn) == n_files and not any(st.due for st in chunk_states(conn))
+
+
 def test_the_file_names_the_primary_and_the_replica(tmp_path, monkeypatch):
     monkeypatch.delenv("SOC_WRITE_DSN", raising=False)
     monkeypatch.delenv("SOC_READ_DSN", raising=False)
@@ -70,12 +91,8 @@ def test_the_watcher_ingests_what_lands_within_a_deadline(faulty_day, new_db, tm
         files = pending_files(faulty_day / "passes")
         for f in files:  # the data file first, the sidecar last, as a ground station delivers
             deliver([f], landing)
-        deadline = time.monotonic() + 60  # all deliveries ingested within 60 seconds
         with psycopg.connect(dsn, autocommit=True) as conn:
-            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < len(files):
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "the watcher did not ingest every delivery in time"
-                time.sleep(0.2)
+            _until(lambda: _deliveries(conn) == len(files), proc, 60, "every delivery ingested")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -96,19 +113,12 @@ def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_
     log = "SELECT outcome, count(*) FROM ingest_log WHERE file_name = %s GROUP BY 1 ORDER BY 1"
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + 60  # ingested within 60 seconds
-            while not conn.execute(log, (f.name,)).fetchall():
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "not ingested in time"
-                time.sleep(0.1)
+            _until(lambda: conn.execute(log, (f.name,)).fetchall(), proc, 60, "ingested")
             time.sleep(2.0)  # some twenty looks
             assert conn.execute(log, (f.name,)).fetchall() == [("ingested", 1)]
             os.utime(landing / f.name)  # touched: taken again, found ingested already
-            deadline = time.monotonic() + 30
-            while len(conn.execute(log, (f.name,)).fetchall()) < 2:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "the touched delivery was not taken again"
-                time.sleep(0.1)
+            taken_again = lambda: len(conn.execute(log, (f.name,)).fetchall()) == 2  # noqa: E731
+            _until(taken_again, proc, 30, "the touched delivery taken again")
             assert conn.execute(log, (f.name,)).fetchall() == [("already_ingested", 1), ("ingested", 1)]
         # the database replaced under the watcher (as a new validation clone is): a fresh one without the
         # delivery, under the same name; the watcher reconnects and must take the delivery into it
@@ -118,11 +128,7 @@ def test_the_watcher_takes_each_delivery_once_not_at_every_look(faulty_day, new_
             conn.execute(f"DROP DATABASE {params['dbname']} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {params['dbname']} TEMPLATE {pg_template}")
         with psycopg.connect(dsn, autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < 1:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "the delivery was not taken into the new database"
-                time.sleep(0.1)
+            _until(lambda: _deliveries(conn) == 1, proc, 60, "the delivery taken into the new database")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -148,11 +154,7 @@ def test_the_watcher_outlasts_a_database_that_does_not_take_writes_yet(faulty_da
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = off")
             conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
-            deadline = time.monotonic() + 60  # the delivery ingested within 60 seconds of the writes' return
-            while conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < 1:
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "no ingest after the database took writes again"
-                time.sleep(0.2)
+            _until(lambda: _deliveries(conn) == 1, proc, 60, "ingested after the database took writes again")
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
@@ -174,8 +176,6 @@ def test_every_command_parses_its_documented_options():
 
 
 def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_db, tmp_path):
-    from pipeline.chunks import chunk_states
-
     dsn = new_db()
     with psycopg.connect(dsn, autocommit=True) as conn:  # the working catalogue: the simulated day's sky
         conn.execute("INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)")
@@ -192,15 +192,8 @@ def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_
         files = pending_files(faulty_day / "passes")
         for f in files:
             deliver([f], landing)
-        deadline = time.monotonic() + 240  # everything ingested and every due chunk reduced
         with psycopg.connect(dsn, autocommit=True) as conn:
-            while (
-                conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < len(files)
-                or any(st.due for st in chunk_states(conn))
-            ):  # fmt: skip
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "the watcher did not ingest and reduce in time"
-                time.sleep(0.5)
+            _until(lambda: _quiet(conn, len(files)), proc, 240, "everything ingested and reduced", log)
             reduced = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
     finally:
         proc.terminate()
@@ -230,11 +223,7 @@ def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(fau
     with open(log, "w") as out:
         proc = _watcher(dsn, landing, out)
     try:
-        deadline = time.monotonic() + 60
-        while "reduction failed" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the first reduction did not fail"
-            time.sleep(0.2)
+        _until(lambda: "reduction failed" in log.read_text(), proc, 60, "the first reduction failed", log)
         failed_at = time.monotonic()
         assert "catalogue_seed" in log.read_text()  # what is missing, said
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -242,11 +231,9 @@ def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(fau
                 "INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)"
             )
             deliver(pending_files(faulty_day / "passes"), landing)
-            while not conn.execute("SELECT count(*) FROM chunks").fetchone()[0]:
-                assert proc.poll() is None, log.read_text()
-                waited = time.monotonic() - failed_at
-                assert waited < REDUCE_RETRY_S * 0.75, f"nothing reduced {waited:.0f} s after the failure"
-                time.sleep(0.2)
+            before_retry = REDUCE_RETRY_S * 0.75 - (time.monotonic() - failed_at)
+            reduced = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()[0] > 0  # noqa: E731
+            _until(reduced, proc, before_retry, "a chunk reduced well before the retry delay", log)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -254,17 +241,8 @@ def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(fau
 
 def _wait_quiet(dsn: str, n_files: int, proc, log, timeout: float) -> list[tuple]:
     """Every delivery ingested and nothing due, within timeout seconds -> the chunk revisions made."""
-    from pipeline.chunks import chunk_states
-
-    deadline = time.monotonic() + timeout
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while (
-            conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] < n_files
-            or any(st.due for st in chunk_states(conn))
-        ):  # fmt: skip
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"not ingested and reduced within {timeout} s"
-            time.sleep(0.3)
+        _until(lambda: _quiet(conn, n_files), proc, timeout, "ingested and reduced", log)
         return conn.execute(
             "SELECT chunk_id, revision, reason, gaps, n_packets, input_digest, horizon_obt, n_transits"
             " FROM chunks ORDER BY chunk_id, revision"

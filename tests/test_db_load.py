@@ -9,10 +9,12 @@ from pipeline.db import migrate
 from pipeline.db.checksums import table_checksum
 from pipeline.db.load import (
     TRANSIT_COLUMNS,
+    delete_chunk,
     empty_transits,
     healpix_of,
     load_transits,
     load_transits_parallel,
+    read_transits,
     upsert_sources,
 )
 
@@ -294,3 +296,20 @@ def test_the_partitioning_migration_finishes_the_job_when_run_again(empty_db):
         for table in ("transits", "sources"):
             leaves = conn.execute("SELECT count(*) FROM pg_partition_tree(%s) WHERE isleaf", (table,))
             assert leaves.fetchone()[0] == 48
+
+
+def test_a_chunk_without_transits_is_read_and_replaced_without_touching_a_partition(db):
+    """A revision that wrote no transit records no pixel: reading or deleting it runs no statement on
+    transits (an empty pixel list prunes no partition: the statement would plan and lock every one)."""
+    _load(db, take(make_transits(make_sources(10, seed=25), 2, seed=26), slice(0, 0)), 8, 1)
+    locked = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+        " WHERE l.pid = pg_backend_pid() AND c.relname LIKE 'transits%'"
+    )
+    with psycopg.connect(db) as conn:
+        revision, columns = read_transits(conn, 8)
+        assert revision == 1 and all(len(v) == 0 for v in columns.values())
+        assert conn.execute(locked).fetchone() == (0,)
+        assert delete_chunk(conn, 8) == 0
+        assert conn.execute(locked).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM transit_chunks WHERE chunk_id = 8").fetchone() == (0,)

@@ -41,7 +41,7 @@ from scipy.spatial import cKDTree
 from pipeline.alerts.detect import Verdicts, evaluate
 from pipeline.alerts.history import History, Sources
 from pipeline.alerts.thresholds import SEVERITIES, Thresholds
-from pipeline.db.load import ID_LEVEL, ID_SHIFT
+from pipeline.db.load import ID_LEVEL, ID_SHIFT, over_pixels
 
 ID_POSITION_SLACK_ARCSEC = 60.0  # largest offset of a source's id cell from its position (48" measured)
 ARCSEC_RAD = np.pi / (180.0 * 3600.0)
@@ -323,19 +323,14 @@ def new_sources_by_pixel(
     conn: psycopg.Connection, revisions: Sequence[tuple[int, int, Sequence[int]]]
 ) -> dict[int, np.ndarray]:
     """{pixel: sorted source ids with a transit in one of the chunk revisions}: one query per revision,
-    over the pixels transit_chunks says it wrote to (revisions: (chunk_id, revision, pixels)). A revision
-    that wrote no transit is not queried: an empty pixel list prunes no partition, and the query would
-    plan all 12,288 of them (0.7 s each)."""
+    over the pixels transit_chunks says it wrote to (revisions: (chunk_id, revision, pixels); one that
+    wrote no transit is not queried: load.over_pixels)."""
     found: dict[int, list[np.ndarray]] = {}
     for chunk_id, revision, pixels in revisions:
-        if not pixels:
-            continue
-        rows = conn.execute(
-            "SELECT DISTINCT healpix, source_id FROM transits"
-            " WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s AND revision = %s",
-            (_array(pixels), chunk_id, revision),
-            prepare=False,
-        ).fetchall()
+        cur = over_pixels(conn, "SELECT DISTINCT healpix, source_id FROM transits"
+                          " WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s AND revision = %s",
+                          pixels, (chunk_id, revision))  # fmt: skip
+        rows = [] if cur is None else cur.fetchall()
         if rows:
             a = np.array(rows, dtype=np.int64)
             for p in np.unique(a[:, 0]):

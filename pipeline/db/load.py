@@ -323,15 +323,21 @@ def delete_chunk(conn: psycopg.Connection, chunk_id: int) -> int:
     ).fetchone()
     if prev is None:
         return 0
-    # Not prepared: a custom plan prunes to the chunk's pixels at plan time (a generic plan would lock
-    # every partition before pruning).
-    cur = conn.execute(
-        "DELETE FROM transits WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s",
-        (prev[0], chunk_id),
-        prepare=False,
-    )
+    cur = over_pixels(conn, "DELETE FROM transits WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s",
+                      prev[0], (chunk_id,))  # fmt: skip
     conn.execute("DELETE FROM transit_chunks WHERE chunk_id = %s", (chunk_id,))
-    return cur.rowcount
+    return 0 if cur is None else cur.rowcount
+
+
+def over_pixels(conn: psycopg.Connection, sql: str, pixels, params=(), binary: bool = False):
+    """Run SQL, a statement on transits whose first parameter is the HEALPix pixels it is pruned to
+    (`healpix = ANY(%s::integer[])`: those transit_chunks records for a chunk) -> its cursor; None, and
+    nothing run, for no pixels: an empty list prunes no partition, and the statement would plan (and lock)
+    all 12,288 of them. Not prepared: a custom plan prunes at plan time (a generic plan would lock every
+    partition before pruning)."""
+    if not pixels:
+        return None
+    return conn.cursor(binary=binary).execute(sql, (list(pixels), *params), prepare=False)
 
 
 def read_transits(conn: psycopg.Connection, chunk_id: int) -> tuple[int, dict[str, np.ndarray]] | None:
@@ -344,16 +350,10 @@ def read_transits(conn: psycopg.Connection, chunk_id: int) -> tuple[int, dict[st
     if loaded is None:
         return None
     revision, pixels = loaded
-    rows = []
-    if pixels:  # none: no transit (and an empty pixel list would plan every partition)
-        cur = conn.cursor(binary=True)
-        cur.execute(
-            f"SELECT {', '.join(c.name for c in TRANSIT_COLUMNS)} FROM transits"
-            " WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s",
-            (pixels, chunk_id),
-            prepare=False,
-        )
-        rows = cur.fetchall()
+    columns = ", ".join(c.name for c in TRANSIT_COLUMNS)
+    sql = f"SELECT {columns} FROM transits WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s"
+    cur = over_pixels(conn, sql, pixels, (chunk_id,), binary=True)
+    rows = [] if cur is None else cur.fetchall()
     out = {}
     for i, c in enumerate(TRANSIT_COLUMNS):
         values = [r[i] for r in rows]
