@@ -5,14 +5,18 @@ from datetime import date, timedelta
 
 import pytest
 
-from steps.telemetry import LONGEST_DAYS, SETS, DayAllocator, SetSpec, sets_of_size
+from pipeline.mission_time import DAY_S, from_utc
+from pipeline.simulate.downlink import contact_schedule
+from steps.telemetry import LONGEST_DAYS, MIN_CONTACTS, SETS, DayAllocator, SetSpec, sets_of_size
+
+SEED = 1  # the deployment's catalogue seed in the inventories
 
 
 def test_a_set_never_overlaps_the_days_of_a_set_delivered_before():
     """A set delivered before (named from 2016-09-23, a day and a half of data from then) runs into the next
     day: no set is given a day it can reach, nor one of the days of a set given before."""
     delivered = {"MLG-20160923T0049.tm", "NNO-20160923T1051.tm", "MLG-20160923T2311.tm"}
-    allocator = DayAllocator(delivered)
+    allocator = DayAllocator(delivered, SEED)
     later = allocator.take(SetSpec(days=1.0, first_day=date(2016, 9, 23)))
     assert later - date(2016, 9, 23) > timedelta(days=LONGEST_DAYS)
     again = allocator.take(SetSpec(days=2.0, first_day=later - timedelta(days=1)))
@@ -23,10 +27,24 @@ def test_the_small_sets_are_the_full_ones_a_day_long():
     small, full = sets_of_size("small"), sets_of_size("full")
     assert full is SETS and small.keys() == full.keys()
     for name, spec in full.items():
-        if name == "events day":  # its recall needs the quiet history of its sources within the set
-            assert small[name] == spec
-            continue
         assert small[name] == replace(spec, days=min(spec.days, 1.0))
         assert small[name].days <= 1.0
     with pytest.raises(ValueError, match="telemetry size"):
         sets_of_size("huge")
+
+
+def _contacts(d: date, days: float) -> int:
+    t0 = float(from_utc(d.isoformat()))
+    return len(contact_schedule(SEED, t0, t0 + days * DAY_S))
+
+
+def test_a_set_is_given_a_day_with_contacts():
+    """2016-09-22 holds no contact with this seed (a one-day set of it held no pass): the allocator skips
+    it, and every day it gives holds MIN_CONTACTS passes or more."""
+    assert _contacts(date(2016, 9, 22), 1.0) == 0
+    allocator = DayAllocator(set(), SEED)
+    d = allocator.take(SetSpec(days=1.0, first_day=date(2016, 9, 22)))
+    assert d > date(2016, 9, 22)
+    for _ in range(20):
+        d = allocator.take(SetSpec(days=1.0, first_day=date(2016, 9, 1)))
+        assert _contacts(d, 1.0) >= MIN_CONTACTS

@@ -22,6 +22,7 @@ from pipeline.alerts.recall import (
     RecallResult,
     Truth,
     deliveries_by_day,
+    deployment_visits,
     evaluate_days,
     poisson_upper,
     recall_table,
@@ -246,7 +247,8 @@ def e2e(tmp_path_factory, pg_server, pg_template):
         conn.execute(f"CREATE DATABASE soc_recall_e2e TEMPLATE {pg_template}")
     out = tmp_path_factory.mktemp("recall")
     dsn = pg_server.dsn("soc_recall_e2e")
-    assert main(["alerts", "recall", *E2E, "--out", str(out), "--dsn", dsn, "--no-progress"]) == 0
+    argv = ["alerts", "recall", *E2E, "--out", str(out), "--dsn", dsn, "--no-progress", "--keep-simulation"]
+    assert main(argv) == 0
     return {"out": out, "dsn": dsn, "report": json.loads((out / "recall_summary.json").read_text())}
 
 
@@ -264,6 +266,26 @@ def test_end_to_end_recall_and_false_alerts(e2e):
     assert s["false"]["quiet_visits"] >= 25_000 and s["false"]["false_alerts"] == 0
     assert all(abs(o["median"]) < 0.02 for o in s["g_offset_quiet"])  # the pipeline's G is the catalogue's
     assert {"csv", "png", "html"} <= {p.suffix[1:] for p in e2e["out"].iterdir()}
+
+
+def test_a_deployments_run_is_scored_as_the_evaluation_scores_it(e2e):
+    """deployment_visits (the acceptance features: a run that kept only its candidates) gives the last
+    run's visits the categories the evaluation gave them, and recalls those it recalled."""
+    import psycopg
+
+    with psycopg.connect(e2e["dsn"]) as conn:
+        last = "SELECT chunk_id, revision FROM alert_run_chunks WHERE run_id = 3"
+        revisions = conn.execute(last).fetchall()
+        got = deployment_visits(conn, revisions, Truth.read(e2e["out"] / "sim"), TH)
+    every = pd.read_parquet(e2e["out"] / "recall_visits.parquet")
+    want = every[every["run"] == 2].set_index("source").sort_index()
+    got = got.set_index("source").sort_index()
+    assert len(got) > 1000 and got.index.equals(want.index)
+    assert (got["category"] == want["category"]).all()
+    countable = want["category"].isin(["eligible", "not_detectable_yet"])
+    assert countable.sum() >= 50
+    # the last run has no next visit: recalled is raised now or earlier in the same event, a candidate
+    assert (got.loc[countable, "recalled"] == want.loc[countable, "recalled"]).all()
 
 
 def test_end_to_end_refuses_a_used_database(e2e, tmp_path):

@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from pipeline.alerts.detect import Verdicts
 from pipeline.alerts.run import run_alerts
 from pipeline.alerts.thresholds import Thresholds, load_thresholds
+from pipeline.db.load import healpix_order, healpix_shift
 from pipeline.htmlpage import page_start
 from pipeline.simulate import events as ev
 
@@ -437,6 +438,7 @@ JOIN unnest(%(c)s::bigint[], %(r)s::integer[]) AS x (chunk_id, revision)
 WHERE t.healpix = ANY(%(pixels)s::integer[])
 """
 
+PIXELS_PER_QUERY = 16
 HISTORY_COUNTS = """
 SELECT t.source_id, count(*) FROM transits t
 WHERE t.healpix = ANY(%(pixels)s::integer[]) AND t.source_id = ANY(%(ids)s::bigint[])
@@ -466,18 +468,35 @@ def read_run(conn: psycopg.Connection, revisions, th: Thresholds, shift: int):
                       "g_mag": float, "flags": np.int64})  # fmt: skip
     new["good"] = np.isfinite(new["g_mag"]) & ((new["flags"] & th.failure_flags) == 0)
     ids = np.unique(new["db_source"].to_numpy())
-    hist = pd.Series(dtype=np.int64)
-    if len(ids):
-        hp_ids = np.unique(ids >> shift)
-        hrows = conn.execute(
-            HISTORY_COUNTS,
-            {"pixels": _array(hp_ids), "ids": _array(ids), "failure": th.failure_flags, "c": c, "r": r},
-            prepare=False,
-        ).fetchall()
-        if hrows:
-            a = np.array(hrows, dtype=np.int64)
-            hist = pd.Series(a[:, 1], index=a[:, 0])
-    return new, hist
+    pixels = np.unique(ids >> shift)
+    hrows: list = []
+    # PIXELS_PER_QUERY pixels at a time: the planner copies the source-id list into the plan of every
+    # partition a query touches (a day of a deployment at healpix_order 5 touches thousands: gigabytes)
+    for first in range(0, len(pixels), PIXELS_PER_QUERY):
+        group = pixels[first : first + PIXELS_PER_QUERY]
+        part = ids[np.isin(ids >> shift, group)]
+        params = {"pixels": _array(group), "ids": _array(part), "failure": th.failure_flags, "c": c, "r": r}
+        hrows += conn.execute(HISTORY_COUNTS, params, prepare=False).fetchall()
+    a = np.array(hrows, dtype=np.int64).reshape(-1, 2)
+    return new, pd.Series(a[:, 1], index=a[:, 0], dtype=np.int64)
+
+
+def deployment_visits(conn: psycopg.Connection, revisions, truth: Truth, th: Thresholds) -> pd.DataFrame:
+    """The scored source-visits of chunk revisions that a deployment's alerts run scanned (the acceptance
+    features: a run of `soc alerts run`, which keeps only the candidates, not every verdict). A visit is
+    raised when its source has a candidate: of this run, or an earlier open one of the same event that
+    the run did not store again."""
+    new, hist = read_run(conn, revisions, th, healpix_shift(healpix_order(conn)))
+    new["truth"] = truth.match(new["apid"], new["seq"], new["t"])
+    rows = conn.execute(
+        "SELECT DISTINCT source_id, detector, '' FROM alert_candidates WHERE source_id = ANY(%s)",
+        (np.unique(new["db_source"].to_numpy()).tolist(),),
+    ).fetchall()
+    verdicts = pd.DataFrame(rows, columns=["db_source", "detector", "rejected_by"]).astype(
+        {"db_source": np.int64, "detector": object, "rejected_by": object}
+    )
+    visits, _ = visit_table(0, new, truth, hist, verdicts)
+    return score(visits, th)
 
 
 def verdict_frame(parts: list[Verdicts]) -> pd.DataFrame:
@@ -540,7 +559,6 @@ def evaluate_days(
 
     from pipeline.chunks import reduce_due_parallel
     from pipeline.db import migrate
-    from pipeline.db.load import healpix_order
     from pipeline.intake import ingest_file
     from pipeline.reduction import make_reducer
     from pipeline.simulate.run import SimConfig, simulate
@@ -551,7 +569,7 @@ def evaluate_days(
     migrate.init(dsn, {"healpix_order": cfg.healpix_order, "catalogue_seed": cfg.seed,
                        "catalogue_scale": cfg.scale})  # fmt: skip
     with psycopg.connect(dsn) as conn:
-        shift = 35 + 2 * (12 - healpix_order(conn))
+        shift = healpix_shift(healpix_order(conn))
     seconds = dict.fromkeys(("simulate", "ingest", "reduce", "alerts", "truth"), 0.0)
     t0 = time.perf_counter()
     sim = Path(workdir) / "sim"
