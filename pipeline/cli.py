@@ -386,7 +386,7 @@ def _check_catalogue(dsn: str, seed: int, scale: float) -> None:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        cfg = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
+        cfg: dict[str, str] = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
     if (cfg.get("catalogue_seed"), cfg.get("catalogue_scale")) != (str(seed), str(scale)):
         print(f"soc run-day: warning: the database's working catalogue (seed {cfg.get('catalogue_seed')},"
               f" scale {cfg.get('catalogue_scale')}) is not the simulated sky (seed {seed}, scale {scale}):"

@@ -714,9 +714,9 @@ def verify_product(manifest_path: Path) -> VerifyResult:
     need = ("source_id", "obt", "chunk_id", "revision")
     if all(k in usable for k in need) and bounds_ok:
         vals = {k: _arrow_column(usable[k])[0] for k in need}
-        problems = _row_problems(vals["source_id"], vals["obt"], vals["chunk_id"], vals["revision"],
-                                 cid, rev, start - margin, end + margin)  # fmt: skip
-        bad = dict(problems)
+        row_problems = _row_problems(vals["source_id"], vals["obt"], vals["chunk_id"], vals["revision"],
+                                     cid, rev, start - margin, end + margin)  # fmt: skip
+        bad = dict(row_problems)
         for check in ("sorted_unique", "chunk_id", "revision", "obt_in_chunk"):
             report(check, bad.get(check))
     return result(**info)

@@ -22,6 +22,7 @@ import numpy as np
 import psycopg
 
 from pipeline.chunks import chunk_of
+from pipeline.db import one_row
 from pipeline.db.load import COPY_HEADER, COPY_TRAILER, Column, copy_binary
 from pipeline.db.migrate import settings
 from pipeline.telemetry.decode import decode_pass
@@ -142,7 +143,7 @@ def ingest_file(conn: psycopg.Connection, path: Path) -> IntakeResult:
         conn.execute(f"INSERT INTO deliveries ({columns}) VALUES ({values})", row)
         params = {"file": path.name, "delivery": meta.delivery, "pass_id": meta.pass_id}
         counts = _ingest_rows(conn, data, chunk_s, params)
-        status = dict(
+        status: dict[str, int] = dict(
             conn.execute(
                 "SELECT status, count(*) FROM packet_ledger WHERE file_name = %s GROUP BY status",
                 (path.name,),
@@ -172,7 +173,7 @@ def _ingest_rows(conn: psycopg.Connection, data: bytes, chunk_s: float, params: 
     conn.execute(_STAGE)
     copy_binary(conn, "staged", STAGE_COLUMNS, {"byte_offset": offset, "apid": apid, "seq": seq, "obt": obt})
     conn.execute("ANALYZE staged")
-    if conn.execute(_PRIOR).fetchone()[0] == 0:
+    if one_row(conn.execute(_PRIOR))[0] == 0:
         # a new pass: every key's canonical copy is its first in the file (same delivery and pass id)
         order = np.lexsort((offset, obt, seq, apid))
         first = np.ones(len(order), bool)
@@ -233,7 +234,7 @@ def _copy_raw(conn, data: bytes, offset, length, apid, seq, obt, chunk) -> None:
     rec["nf"] = 5
     rec["l0"], rec["l1"], rec["l2"], rec["l3"] = 2, 4, 8, 8
     rec["apid"], rec["seq"], rec["obt"], rec["chunk_id"], rec["l4"] = apid, seq, obt, chunk, length
-    head = memoryview(rec.view(np.uint8))
+    head = rec.view(np.uint8).data
     size = _RAW_TUPLE.itemsize
     buf = memoryview(data)
     with conn.cursor().copy(

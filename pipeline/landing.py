@@ -29,6 +29,7 @@ is shared by whichever host runs the tee.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -101,7 +102,7 @@ def _same_file(a: Path, b: Path) -> bool:
     for p in (a, b):
         h = hashlib.sha256()
         with open(p, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            for block in iter(functools.partial(fh.read, 1 << 20), b""):
                 h.update(block)
         digests.append(h.digest())
     return digests[0] == digests[1]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psycopg
 
 from pipeline.chunks import chunk_states
+from pipeline.db import one_row
 
 
 class ReplayTimeout(TimeoutError):
@@ -29,9 +30,9 @@ class Processed:
 
 
 def processed(conn: psycopg.Connection, names: list[str]) -> Processed:
-    (n,) = conn.execute("SELECT count(*) FROM deliveries WHERE file_name = ANY(%s)", (names,)).fetchone()
+    (n,) = one_row(conn.execute("SELECT count(*) FROM deliveries WHERE file_name = ANY(%s)", (names,)))
     due = sum(st.due for st in chunk_states(conn)) if n == len(names) else -1
-    (revs,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    (revs,) = one_row(conn.execute("SELECT count(*) FROM chunks"))
     return Processed(int(n), due, int(revs))
 
 

@@ -20,6 +20,7 @@ from datetime import datetime
 import psycopg
 
 from pipeline.alerts.names import assign_name
+from pipeline.db import one_row
 
 STATUSES = ("candidate", "assessed", "published", "rejected")
 FLOW = {
@@ -180,7 +181,7 @@ def publish_candidate(conn: psycopg.Connection, candidate_id: int, who: str, com
     """assessed -> published, and the alert name, in the caller's transaction -> the name. The
     publication time is the transaction's time (now()), the same for every candidate published in it."""
     _change(conn, candidate_id, "published", who, comment)
-    (now,) = conn.execute("SELECT now()").fetchone()
+    (now,) = one_row(conn.execute("SELECT now()"))
     return assign_name(conn, candidate_id, now)
 
 

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
+from pipeline.db import one_row
+
 PREFIX = "Gaia"
 MIN_LETTERS = 3
 _NAME = re.compile(rf"^{PREFIX}(\d{{2}})([a-z]{{{MIN_LETTERS},}})$")
@@ -86,9 +88,9 @@ def assign_name(conn: psycopg.Connection, candidate_id: int, published_at: datet
     if row:
         return row[0]
     year = published_at.astimezone(UTC).year % 100
-    (nxt,) = conn.execute(
-        "SELECT coalesce(max(seq) + 1, 0) FROM alert_names WHERE year = %s", (year,)
-    ).fetchone()
+    (nxt,) = one_row(
+        conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM alert_names WHERE year = %s", (year,))
+    )
     name = alert_name(year, nxt)
     conn.execute(
         "INSERT INTO alert_names (name, candidate_id, year, seq, assigned_at) VALUES (%s, %s, %s, %s, %s)",

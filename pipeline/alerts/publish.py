@@ -110,19 +110,25 @@ def default_comment(c: Candidate) -> str:
     return f"{verb} by {delta:.2f} mag ({c.significance:.1f} sigma)"
 
 
-def index_row(c: Candidate) -> str:
+def _published(c: Candidate) -> tuple[str, datetime]:
+    """(name, publication time) of a published alert; PublishError for a candidate that is not one."""
     if c.name is None or c.published_at is None:
         raise PublishError(f"alert candidate {c.candidate_id} is not published (status {c.status})")
+    return c.name, c.published_at
+
+
+def index_row(c: Candidate) -> str:
+    name, published_at = _published(c)
     return ",".join([
-        c.name, utc_text(c.t_trigger), _fixed(c.ra, 5), _fixed(c.dec, 5), _fixed(c.alert_mag, 2),
+        name, utc_text(c.t_trigger), _fixed(c.ra, 5), _fixed(c.dec, 5), _fixed(c.alert_mag, 2),
         _fixed(c.historic_mag, 2), _fixed(c.historic_std, 2), _quoted(c.alert_class),
-        _utc_datetime_text(c.published_at), _quoted(c.comment or default_comment(c)), "",
+        _utc_datetime_text(published_at), _quoted(c.comment or default_comment(c)), "",
     ])  # fmt: skip
 
 
 def format_index(alerts: list[Candidate]) -> str:
     """The index CSV: header, newest alert first (the real index's order), one empty line at the end."""
-    rows = sorted(alerts, key=lambda c: sort_key(c.name), reverse=True)
+    rows = sorted(alerts, key=lambda c: sort_key(_published(c)[0]), reverse=True)
     return "".join(f"{line}\n" for line in [INDEX_HEADER, *(index_row(c) for c in rows)]) + "\n"
 
 
@@ -365,16 +371,16 @@ def write_publication(
     if missing:
         raise PublishError(f"published alert candidate(s) without a name: {missing}")
     for c in sorted(alerts, key=lambda c: c.candidate_id):
+        name = c.name
+        assert name is not None  # checked above (missing)
         t, g, flags, pos_err = _source_transits(conn, c)
-        _write(
-            out / "lightcurves" / f"{c.name}.csv", format_lightcurve(c.name, t, g, flags, th).encode(), report
-        )
+        _write(out / "lightcurves" / f"{name}.csv", format_lightcurve(name, t, g, flags, th).encode(), report)
         packet = voevent(c, authority, _position_error_deg(t, pos_err, c.t_trigger))
         try:
             report.validated_with = check_voevent(packet, xsd)
         except VOEventError as exc:
-            raise VOEventError(f"{c.name}: {exc}") from None
-        _write(out / "voevents" / f"{c.name}.xml", packet, report)
+            raise VOEventError(f"{name}: {exc}") from None
+        _write(out / "voevents" / f"{name}.xml", packet, report)
     _write(out / "alerts.csv", format_index(alerts).encode(), report)
     report.alerts = len(alerts)
     return report

@@ -88,7 +88,7 @@ def replay_histories(transits: list[Transits], first_visit: int = 1) -> tuple[Hi
     can be compared with it, and a source detected there was already in the sky; in operations the
     catalogue (Sources.g_ref) tells such a persistent source from a new one, which the replay cannot know,
     so by default the replay starts at the second visit (first_visit=1)."""
-    parts = {k: [] for k in ("source_id", "t", "g_mag", "fov", "new")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("source_id", "t", "g_mag", "fov", "new")}
     pair_ids = []
     for i, tr in enumerate(transits):
         n_visits = int(tr.visit.max()) + 1 if tr.t.size else 0

@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from pipeline.alerts.detect import Verdicts
 from pipeline.alerts.run import run_alerts
 from pipeline.alerts.thresholds import Thresholds, load_thresholds
+from pipeline.db import one_row
 from pipeline.db.load import healpix_order, healpix_shift
 from pipeline.htmlpage import page_start
 from pipeline.simulate import events as ev
@@ -456,11 +457,13 @@ def read_run(conn: psycopg.Connection, revisions, th: Thresholds, shift: int):
     """The run's new transits (DataFrame) and the good historic transits per source before it (Series)."""
     c = _array([x for x, _ in revisions])
     r = _array([y for _, y in revisions])
-    (pixels,) = conn.execute(
-        "SELECT coalesce(array_agg(DISTINCT p), '{}') FROM transit_chunks, unnest(pixels) AS p"
-        " WHERE (chunk_id, revision) IN (SELECT * FROM unnest(%s::bigint[], %s::integer[]))",
-        (c, r),
-    ).fetchone()
+    (pixels,) = one_row(
+        conn.execute(
+            "SELECT coalesce(array_agg(DISTINCT p), '{}') FROM transit_chunks, unnest(pixels) AS p"
+            " WHERE (chunk_id, revision) IN (SELECT * FROM unnest(%s::bigint[], %s::integer[]))",
+            (c, r),
+        )
+    )
     rows = conn.execute(NEW_TRANSITS, {"c": c, "r": r, "pixels": _array(pixels)}, prepare=False).fetchall()
     cols = ["db_source", "apid", "seq", "t", "fov", "g_mag", "flags"]
     new = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
@@ -541,9 +544,9 @@ def _require_empty(dsn: str) -> None:
     """Refuse a database that holds data: the evaluation writes simulated days into it."""
     with psycopg.connect(dsn) as conn:
         try:
-            (n,) = conn.execute(
-                "SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM alert_runs)"
-            ).fetchone()
+            (n,) = one_row(
+                conn.execute("SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM alert_runs)")
+            )
         except psycopg.errors.UndefinedTable:
             return  # no schema yet (or an older one): migrate.init makes it
     if n:

@@ -35,6 +35,7 @@ from pipeline.alerts.detect import DETECTORS
 from pipeline.alerts.filters import FILTER_NAMES
 from pipeline.alerts.scan import RunContext, ScanResult, default_workers, new_sources_by_pixel, scan
 from pipeline.alerts.thresholds import Thresholds, load_thresholds
+from pipeline.db import one_row
 from pipeline.db.load import healpix_order
 
 RUN_LOCK = "hashtext('soc-alerts-run')"
@@ -102,10 +103,10 @@ def run_alerts(
     read_dsn = read_dsn or write_dsn
     t_start = time.perf_counter()
     with psycopg.connect(write_dsn, autocommit=True) as wconn:
-        if not wconn.execute(f"SELECT pg_try_advisory_lock({RUN_LOCK})").fetchone()[0]:
+        if not one_row(wconn.execute(f"SELECT pg_try_advisory_lock({RUN_LOCK})"))[0]:
             raise AlertsRunError("another alerts run is in progress on this database (advisory lock held)")
         try:
-            (started_at,) = wconn.execute("SELECT clock_timestamp()").fetchone()
+            (started_at,) = one_row(wconn.execute("SELECT clock_timestamp()"))
             with psycopg.connect(read_dsn, autocommit=True) as rconn:
                 pending = pending_revisions(wconn, rconn)
                 if not pending:

@@ -41,6 +41,7 @@ from scipy.spatial import cKDTree
 from pipeline.alerts.detect import Verdicts, evaluate
 from pipeline.alerts.history import History, Sources
 from pipeline.alerts.thresholds import SEVERITIES, Thresholds
+from pipeline.db import one_row
 from pipeline.db.load import ID_LEVEL, ID_SHIFT, over_pixels
 
 ID_POSITION_SLACK_ARCSEC = 60.0  # largest offset of a source's id cell from its position (48" measured)
@@ -224,7 +225,7 @@ def fetch_pixel(conn: psycopg.Connection, ctx: RunContext, pixel: int, ids: np.n
         "severities": ctx.severities, "pixel": int(pixel), "ids": _array(ids), "lo": _array(lo),
         "hi": _array(hi), "cell_pixel": _array(cell_pixel), "near": _array(near),
     }  # fmt: skip
-    (packed,) = conn.cursor(binary=True).execute(PIXEL_QUERY, params, prepare=False).fetchone()
+    (packed,) = one_row(conn.cursor(binary=True).execute(PIXEL_QUERY, params, prepare=False))
     packed = bytes(packed or b"")
     if len(packed) % _RECORD.itemsize:
         raise ScanError(f"pixel {pixel}: {len(packed)} bytes is not a whole number of records")
@@ -342,7 +343,7 @@ def server_cores(conn: psycopg.Connection) -> int | None:
     """The database server's core count, as far as the server tells: the custom setting soc.server_cores
     (postgresql.conf or ALTER SYSTEM), else max_parallel_workers when configured (tuning guides set it to
     the core count), else None (PostgreSQL has no portable way to report its host's cores)."""
-    (cores,) = conn.execute("SELECT current_setting('soc.server_cores', true)").fetchone()
+    (cores,) = one_row(conn.execute("SELECT current_setting('soc.server_cores', true)"))
     if cores and cores.strip().isdigit() and int(cores) > 0:
         return int(cores)
     row = conn.execute(

@@ -53,7 +53,7 @@ class Thresholds:
 
 
 _TYPES = {
-    f.name: {"int": int, "float": float, "str": str}[f.type]
+    f.name: {"int": int, "float": float, "str": str}[str(f.type)]  # a str: postponed annotations
     for f in fields(Thresholds)
     if f.name != "source_file"
 }

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         result = compare(
             args.ops_dsn, args.val_dsn, tables=args.tables, max_rows=args.max_rows,
             float_tolerance=args.float_tolerance,
-            manifests=tuple(Path(m) for m in args.manifests) if args.manifests else None,
+            manifests=(Path(args.manifests[0]), Path(args.manifests[1])) if args.manifests else None,
             progress=not args.no_progress and sys.stderr.isatty(),
         )  # fmt: skip
     except CompareError as exc:

@@ -38,6 +38,7 @@ from pipeline.compare.rules import (
     read_catalog,
     table_spec,
 )
+from pipeline.db import one_row
 from pipeline.db.checksums import (
     TEXT_SETTINGS,
     Digest,
@@ -195,7 +196,7 @@ def shown_dsn(dsn: str) -> str:
     except psycopg.Error:
         return "(unparseable DSN)"
     params.pop("password", None)
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _one_line(exc: BaseException, dsn: str | None = None) -> str:
@@ -205,7 +206,7 @@ def _one_line(exc: BaseException, dsn: str | None = None) -> str:
         password = conninfo_to_dict(dsn).get("password") if dsn else None
     except psycopg.Error:
         password = None
-    return text.replace(password, "***") if password else text
+    return text.replace(str(password), "***") if password else text
 
 
 class Side:
@@ -229,7 +230,7 @@ class Side:
             ) from None
         self.holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            (self.snapshot,) = self.holder.execute("SELECT pg_export_snapshot()").fetchone()
+            (self.snapshot,) = one_row(self.holder.execute("SELECT pg_export_snapshot()"))
         except psycopg.Error:  # not possible here: each read transaction sees the database as it is then
             self.holder.execute("ROLLBACK")
             self.snapshot = None
@@ -435,12 +436,12 @@ class _Rows:
     def compare(self, segment: str, ops: dict, val: dict) -> None:
         """ops/val: {key texts: (sort key, column texts)} of one segment (or some of its buckets)."""
         res = self.res
-        keys = sorted(ops.keys() | val.keys(), key=lambda k: (ops.get(k) or val.get(k))[0])
+        keys = sorted(ops.keys() | val.keys(), key=lambda k: (ops.get(k) or val[k])[0])
         for k in keys:
             a, b = ops.get(k), val.get(k)
             key = dict(zip(self.key_names, k, strict=True))
             if b is None or a is None:
-                kind, vals = ("only_ops", a[1]) if b is None else ("only_val", b[1])
+                kind, vals = ("only_ops", ops[k][1]) if b is None else ("only_val", b[1])
                 if kind == "only_ops":
                     res.only_ops += 1
                 else:
@@ -550,8 +551,9 @@ def _diff_segment(pool, sides, spec: TableSpec, seg: SegmentResult, rows: _Rows)
         for b in differing:
             got = {"ops": {}, "val": {}}
             for s in present:
-                if heads[s] is not None and heads[s][0] == b:
-                    got[s] = heads[s][1]
+                head = heads[s]
+                if head is not None and head[0] == b:
+                    got[s] = head[1]
                     heads[s] = next(streams[s], None)
             rows.compare(seg.name, got["ops"], got["val"])
 

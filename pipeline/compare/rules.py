@@ -163,7 +163,7 @@ class Catalog:
 
 
 def read_catalog(conn: psycopg.Connection) -> Catalog:
-    kinds = dict(
+    kinds: dict[str, str] = dict(
         conn.execute(
             "SELECT c.relname, c.relkind FROM pg_class c WHERE c.relnamespace = %s::regnamespace"
             " AND c.relkind IN ('r', 'p') AND NOT c.relispartition",
@@ -225,9 +225,9 @@ def table_spec(cat: Catalog, table: str) -> TableSpec:
     excluded = {n: "an identity: its values are handed out per environment" for n in cat.identity(table)}
     excluded.update({c: why for c, why in EXCLUDED_COLUMNS.get(table, {}).items() if c in types})
     resolved: dict[str, list[Column]] = {}
-    joins = []
+    joins: list[str] = []
     for contype, cols, ref, refcols in cat.constraints.get(table, ()):
-        if contype != "f" or not set(refcols) <= cat.identity(ref) or len(cols) != 1:
+        if contype != "f" or ref is None or not set(refcols) <= cat.identity(ref) or len(cols) != 1:
             continue
         (col,) = cols
         nat = _natural_key_of_referenced(cat, ref)
@@ -253,6 +253,7 @@ def table_spec(cat: Catalog, table: str) -> TableSpec:
         elif name not in excluded:
             expr = normalised.get(name) or sql.Identifier("t", name).as_string(None)
             columns.append(Column(name, expr, typ))
+    key_names: list[str] | None
     if table in KEYS:
         key_names = list(KEYS[table])
     else:

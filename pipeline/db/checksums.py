@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from pipeline.db import one_row
+
 # Tables whose content must not depend on arrival order or on the environment (operations vs validation).
 COMPARED_TABLES = ("deliveries", "packet_ledger", "quarantine", "raw_packets")
 
@@ -107,7 +109,7 @@ def bucket_digests_query(
 
 
 def table_digest(conn: psycopg.Connection, table: str) -> Digest:
-    n, total = conn.execute(digest_query(sql.Identifier(table))).fetchone()
+    n, total = one_row(conn.execute(digest_query(sql.Identifier(table))))
     return Digest.of(n, total)
 
 

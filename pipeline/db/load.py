@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,13 +153,14 @@ class BinaryCopyEncoder:
         fields: list[tuple[str, str]] = [("nf", ">i2")]
         self.text = {}
         for i, (col, (values, _)) in enumerate(zip(self.columns, self.data, strict=True)):
-            if _NP[col.pgtype] is None:
+            np_type = _NP[col.pgtype]
+            if np_type is None:
                 enc, lens = _text_field(values)
                 self.data[i] = (enc, self.data[i][1])
                 self.text[i] = lens
                 fields += [(f"l{i}", ">i4"), (f"v{i}", f"S{max(enc.dtype.itemsize, 1)}")]
             else:
-                fields += [(f"l{i}", ">i4"), (f"v{i}", _NP[col.pgtype])]
+                fields += [(f"l{i}", ">i4"), (f"v{i}", np_type)]
         self.dtype = np.dtype(fields)
         self.template = np.zeros((), self.dtype)
         self.template["nf"] = len(self.columns)
@@ -177,11 +178,13 @@ class BinaryCopyEncoder:
             if i in self.text:
                 rec[f"l{i}"] = self.text[i][idx]
         if not self.variable:
-            return memoryview(rec.view(np.uint8))
+            return rec.view(np.uint8).data
         width = self.dtype.itemsize
         keep = np.ones((m, width), dtype=bool)
+        fields = self.dtype.fields
+        assert fields is not None  # a structured dtype
         for i, (_, null) in enumerate(self.data):
-            off, size = self.dtype.fields[f"v{i}"][1], self.dtype[f"v{i}"].itemsize
+            off, size = fields[f"v{i}"][1], self.dtype[f"v{i}"].itemsize
             if i in self.text:
                 keep[:, off : off + size] = np.arange(size) < self.text[i][idx][:, None]
             if null is not None:
@@ -189,7 +192,7 @@ class BinaryCopyEncoder:
                 if nb.any():
                     rec[f"l{i}"][nb] = -1
                     keep[nb, off : off + size] = False
-        return memoryview(rec.view(np.uint8).reshape(m, width)[keep])
+        return rec.view(np.uint8).reshape(m, width)[keep].data
 
     def blocks(self, order=None, block_rows: int = BLOCK_ROWS) -> Iterator[memoryview]:
         """Header, the rows in blocks, trailer. ORDER: None (the rows as they are), an index array, or an
@@ -210,7 +213,7 @@ def copy_binary(
     table: str,
     columns: Sequence[Column],
     rows: Mapping[str, np.ndarray],
-    order: np.ndarray | None = None,
+    order: np.ndarray | Iterable[np.ndarray] | None = None,
     *,
     method: str = "numpy",
     block_rows: int = BLOCK_ROWS,
@@ -266,7 +269,7 @@ def _transit_rows(conn, rows: Mapping[str, np.ndarray], chunk_id: int, revision:
             raise LoadError(f"{key!r} comes from the arguments, not from the rows")
     if "source_id" not in rows:
         raise LoadError("column 'source_id' missing")
-    out = dict(rows)
+    out: dict[str, np.ndarray | np.generic] = dict(rows)
     if "healpix" not in out:
         out["healpix"] = healpix_of(rows["source_id"], healpix_order(conn))
     for key in ("source_id", "healpix", "obt"):  # the sort keys (NOT NULL, so never masked)
@@ -279,7 +282,7 @@ def _transit_rows(conn, rows: Mapping[str, np.ndarray], chunk_id: int, revision:
 
 def sorted_pieces(
     rows: Mapping[str, np.ndarray], piece_rows: int = PIECE_ROWS
-) -> tuple[np.ndarray, Iterator]:
+) -> tuple[np.ndarray, Iterator[np.ndarray]]:
     """Row order by (healpix, source_id, obt), so that consecutive rows go to the same partition, as
     (healpix in that order, an iterator of index arrays: consecutive pieces of the order).
 
@@ -354,7 +357,7 @@ def read_transits(conn: psycopg.Connection, chunk_id: int) -> tuple[int, dict[st
     sql = f"SELECT {columns} FROM transits WHERE healpix = ANY(%s::integer[]) AND chunk_id = %s"
     cur = over_pixels(conn, sql, pixels, (chunk_id,), binary=True)
     rows = [] if cur is None else cur.fetchall()
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for i, c in enumerate(TRANSIT_COLUMNS):
         values = [r[i] for r in rows]
         dtype = np.dtype(_NP[c.pgtype]).newbyteorder("=")

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+
+from pipeline.db import one_row
 
 MIGRATIONS_PACKAGE = "pipeline.db.migrations"
 DEFAULT_SETTINGS = {"chunk_seconds": "1800", "healpix_order": "5"}
@@ -87,7 +90,7 @@ def migrate(dsn: str) -> list[Migration]:
             conn.execute(_UNLOCK)
 
 
-def init(dsn: str, settings: dict[str, str] | None = None) -> list[Migration]:
+def init(dsn: str, settings: Mapping[str, str | int | float] | None = None) -> list[Migration]:
     """Fix the settings, then create the schema. Running it again changes nothing; other settings fail."""
     wanted = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in (settings or {}).items()}}
     _check_settings(wanted)
@@ -96,7 +99,7 @@ def init(dsn: str, settings: dict[str, str] | None = None) -> list[Migration]:
         try:
             with conn.transaction():
                 conn.execute(_SETTINGS_TABLE)
-                have = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
+                have: dict[str, str] = dict(conn.execute("SELECT key, value FROM soc_settings").fetchall())
                 clash = {k: (have[k], v) for k, v in wanted.items() if k in have and have[k] != v}
                 if clash:
                     raise MigrationError(
@@ -129,7 +132,7 @@ def _check_settings(wanted: dict[str, str]) -> None:
 
 
 def _missing_settings(conn: psycopg.Connection) -> list[str]:
-    if conn.execute("SELECT to_regclass('soc_settings')").fetchone()[0] is None:
+    if one_row(conn.execute("SELECT to_regclass('soc_settings')"))[0] is None:
         return list(REQUIRED_SETTINGS)
     have = {k for (k,) in conn.execute("SELECT key FROM soc_settings")}
     return [k for k in REQUIRED_SETTINGS if k not in have]

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import healpy as hp
 import numpy as np
+import numpy.typing as npt
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -190,7 +191,7 @@ class CatalogueIndex:
             sel = by_pix[c0 : c0 + CHUNK]
             m = len(sel)
             own = own_all[sel]
-            cand = np.empty((m, 9), np.int64)
+            cand: npt.NDArray[np.int64] = np.empty((m, 9), np.int64)
             cand[:, 0] = own
             cand[:, 1:] = hp.get_all_neighbours(nside, own, nest=True).T  # -1 where missing
             cand = cand.ravel()

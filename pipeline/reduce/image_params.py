@@ -30,6 +30,7 @@ Saturated windows enter the transit flux only when a transit has no usable unsat
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.special import ndtr
@@ -109,7 +110,7 @@ def _design(theta: np.ndarray, sigma: np.ndarray | None, width: int = MAX_SAMPLE
     """
     free_sigma = sigma is None
     f, x0, b = theta[:, 0], theta[:, 1], theta[:, 2]
-    s = theta[:, 3] if free_sigma else sigma
+    s = theta[:, 3] if sigma is None else sigma
     u = (np.arange(width + 1, dtype=float) - x0[:, None]) / s[:, None]
     cdf = ndtr(u)
     lsf = cdf[:, 1:] - cdf[:, :-1]
@@ -687,7 +688,7 @@ def _flux_crb_at_fit(fit: dict, good: np.ndarray, f_med: np.ndarray, b_med: np.n
     return sig_f.reshape(n, ins.N_AF)
 
 
-def image_parameters(star: dict, bias_adu, lsf_sigma=ins.NOMINAL_LSF_SIGMA_PX) -> dict:
+def image_parameters(star: Mapping[str, np.ndarray], bias_adu, lsf_sigma=ins.NOMINAL_LSF_SIGMA_PX) -> dict:
     """Window and transit image parameters of decoded star packets (decode_pass(data).star).
 
     bias_adu (n, 9): each window's CCD bias (ADU), e.g. from window_bias(); lsf_sigma: float or (n, 9).
@@ -702,7 +703,7 @@ def image_parameters(star: dict, bias_adu, lsf_sigma=ins.NOMINAL_LSF_SIGMA_PX) -
     return {"windows": fit, "transits": tr}
 
 
-def window_bias(hk_obt, hk_bias, star: dict) -> np.ndarray:
+def window_bias(hk_obt, hk_bias, star: Mapping[str, np.ndarray]) -> np.ndarray:
     """Bias (n, 9) ADU of each window's CCD from HK_BIAS packets (obt (m,), bias (m, 7, 10)).
 
     Takes the latest housekeeping sample at or before each window's start (the earliest one for windows

@@ -51,13 +51,13 @@ class Contact:
 
     @property
     def pass_id(self) -> str:
-        stamp = np.datetime_as_string(to_utc(self.aos), unit="m").replace("-", "").replace(":", "")
+        stamp = str(np.datetime_as_string(to_utc(self.aos), unit="m")).replace("-", "").replace(":", "")
         return f"{self.station}-{stamp}"
 
 
 def contact_schedule(seed: int, t_lo: float, t_hi: float) -> list[Contact]:
     """Contacts whose AOS lies in [t_lo, t_hi), in time order."""
-    booked = []
+    booked: list[Contact] = []
     first, last = int(np.floor(t_lo / DAY_S)) - 1, int(np.ceil(t_hi / DAY_S)) + 1
     for day in range(first, last + 1):
         todays = []
@@ -142,9 +142,9 @@ def deliver(rng: np.random.Generator, sent: PacketBatch, kinds: tuple[str, ...],
     offsets = np.cumsum(file_batch.length) - file_batch.length
     if "duplicate" in kinds:
         seen: set[int] = set()
-        for j, i in enumerate(order):
+        for k, i in enumerate(order):
             if int(i) in seen:
-                faults.append(_fault("duplicate", sent, i, int(offsets[j]), None, "packet delivered twice"))
+                faults.append(_fault("duplicate", sent, i, int(offsets[k]), None, "packet delivered twice"))
             seen.add(int(i))
     data = bytearray(file_batch.tobytes())
     if "bitflip" in kinds and len(order):

@@ -24,7 +24,7 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
 
 def hash_keys(*keys) -> np.ndarray:
     """Combine integer keys (scalars or broadcastable arrays) into one uint64 hash per element."""
-    h = np.uint64(0)
+    h: np.uint64 | np.ndarray = np.uint64(0)
     for k in keys:
         h = splitmix64(np.bitwise_xor(h, np.asarray(k).astype(np.int64).view(np.uint64)))
     return np.asarray(h, dtype=np.uint64)

@@ -134,7 +134,11 @@ def ccsds_definition(apid: int) -> ccsdspy.FixedLength:
 
 
 def _empty_fixed(lay: L.FixedLayout) -> dict[str, np.ndarray]:
-    out = {"packet": np.zeros(0, np.int64), "obt": np.zeros(0), "seq": np.zeros(0, np.uint16)}
+    out: dict[str, np.ndarray] = {
+        "packet": np.zeros(0, np.int64),
+        "obt": np.zeros(0),
+        "seq": np.zeros(0, np.uint16),
+    }
     for f in lay.fields:
         out[f.name] = np.zeros((0, *f.shape))
     return out

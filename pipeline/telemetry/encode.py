@@ -57,7 +57,7 @@ def _headers(apid: np.ndarray, seq: np.ndarray, obt: np.ndarray, total_len: np.n
     return h.view(np.uint8).reshape(n, L.HEADER_LEN), seq, obt_q
 
 
-def _assemble(apid, seq, obt, parts: list[tuple[np.ndarray, np.ndarray]]) -> PacketBatch:
+def _assemble(apid, seq, obt, parts: list[tuple[np.ndarray | None, np.ndarray | int]]) -> PacketBatch:
     """Concatenate per-packet parts (each (flat bytes, per-packet lengths)), append CRCs -> PacketBatch.
 
     The first part must be the 14 header bytes; its data-length field is filled in here.

@@ -323,9 +323,11 @@ def zstd_compress_rows(rows: np.ndarray, compressor=None) -> tuple[np.ndarray, n
     coll = (compressor or zstd_compressor()).multi_compress_to_buffer(
         zstandard.BufferWithSegments(rows.tobytes(), segs.tobytes())
     )
-    # join and map(len) iterate the collection in C: no Python bytecode per packet
-    flat = np.frombuffer(b"".join(coll), dtype=np.uint8)
-    return flat, np.fromiter(map(len, coll), dtype=np.int64, count=m)
+    # join and map(len) iterate the collection in C: no Python bytecode per packet. (The ignores: zstandard's
+    # stubs declare neither that the collection iterates, by the sequence protocol, nor that its segments
+    # are buffers.)
+    flat = np.frombuffer(b"".join(coll), dtype=np.uint8)  # type: ignore[arg-type]
+    return flat, np.fromiter(map(len, coll), dtype=np.int64, count=m)  # type: ignore[arg-type]
 
 
 def _zstd_frames(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
@@ -379,7 +381,9 @@ def zstd_decompress_segments(buf: np.ndarray, starts, lengths, size: int, keep: 
                 threads=ZSTD_THREADS if idx.size >= ZSTD_THREADS_FROM else 0,
             )
             if out is not None:
-                out[idx] = np.frombuffer(b"".join(coll), dtype=np.uint8).reshape(idx.size, size)
+                # the ignore: zstandard's stubs miss the collection's iteration (see zstd_compress_rows)
+                flat = np.frombuffer(b"".join(coll), dtype=np.uint8)  # type: ignore[arg-type]
+                out[idx] = flat.reshape(idx.size, size)
         except (zstandard.ZstdError, ValueError):
             if idx.size == 1:
                 ok[idx] = False
