@@ -50,6 +50,7 @@ provision: vault
 
 lint: vault
 	$(BIN)/ruff check .
+	$(BIN)/mypy pipeline
 	$(BIN)/yamllint --strict .
 	ansible-lint
 
