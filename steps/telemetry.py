@@ -1,7 +1,8 @@
 """The telemetry sets the acceptance features replay: small simulated days, on days operations has no
 delivery of, simulated once per session, at one of two sizes (pytest --telemetry-size): "full" for `make
-acceptance` and Jenkins' acceptance job, "small" (a day where full has a day and a half or two) for `make
-test`, whose CI budget holds every scenario at that size.
+acceptance` and Jenkins' acceptance job, "small" (a day where full has a day and a half or two, and half
+the scale where the scale is the sets' own) for `make test`, whose CI budget holds every scenario at that
+size.
 
 Every set is simulated with the deployment's catalogue seed; the sets that check science against the
 simulator's truth (the alerts) also use its catalogue scale, so their sources are the working catalogue's.
@@ -39,6 +40,7 @@ class SetSpec:
     dense: bool = False  # on the day the scanning law sees the most stars (along the Galactic plane)
     first_day: date | None = None  # the first free day from this one (default FIRST_DAY)
     event_rate: float | None = None  # None: the simulator's
+    small_scale: bool = True  # the small size also halves the scale (not where a rate is measured)
 
 
 SETS = {  # a day and a half: a day's contacts, wherever they fall
@@ -51,8 +53,9 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     "faulty days with a late pass": SetSpec(
         days=2.0, faults=FAULT_KINDS, downlink_margin=0.5, first_day=date(2016, 6, 1)
     ),
-    "cloning reference": SetSpec(days=2.0),
-    "cloning": SetSpec(days=2.0),
+    # the ingest rate during a take is measured on these: an ingest long enough to hold a take
+    "cloning reference": SetSpec(days=2.0, small_scale=False),
+    "cloning": SetSpec(days=2.0, small_scale=False),
     # the events a recall is measured on: the rate of `soc alerts recall` (100 x the simulator's, pipeline
     # .alerts.recall), so that a day holds a few hundred visits to count; each source's events are its own
     "events day": SetSpec(days=1.5, scale=None, event_rate=0.05),
@@ -63,8 +66,10 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     # the failover drill: a day and a half, every fault (the watcher's resumption meets them all)
     "failover drill": SetSpec(days=1.5, faults=FAULT_KINDS, first_day=date(2016, 8, 5)),
 }
-# make test: every set a day long, which roughly halves its reduction
+# make test: every set a day long, and at half the scale where it is SMALL (a set at the catalogue's scale
+# keeps it: its sources are the working catalogue's)
 SMALL_DAYS = 1.0
+SMALL_SCALE_FACTOR = 0.5
 SIZES = ("full", "small")
 
 
@@ -74,7 +79,14 @@ def sets_of_size(size: str) -> dict[str, SetSpec]:
         raise ValueError(f"telemetry size {size!r}: one of {SIZES}")
     if size == "full":
         return SETS
-    return {name: replace(spec, days=min(spec.days, SMALL_DAYS)) for name, spec in SETS.items()}
+    return {
+        name: replace(
+            spec,
+            days=min(spec.days, SMALL_DAYS),
+            scale=spec.scale * SMALL_SCALE_FACTOR if spec.scale and spec.small_scale else spec.scale,
+        )
+        for name, spec in SETS.items()
+    }
 
 
 FIRST_DAY = date(2016, 9, 1)  # ordinary sets: the first free days from here, in the order asked for
