@@ -18,6 +18,13 @@ in the eLog table). It
   4. drops its tables, removes the base backup, and takes a fresh clone (so that the volume does not keep
      the bench's data in an old snapshot).
 
+Step 3 runs in two layouts (--layouts), side by side: "shared", every process on every CPU, and "split",
+as on separate hosts as far as one machine can: the primary (its postmaster, every backend it has and will
+fork) and pgbench on the first half of the CPUs, the standby and the clone (soc-clone and the server it
+starts) on the other half; the disk stays shared. Shared, the clone's start, WAL replay and verification
+take CPU from operations' own primary, which in production runs on a host of its own (the clone runs
+beside the standby, on the host of its volume).
+
 Prints figures; asserts nothing about time. Usage: sudo .venv/bin/python bench/bench_clone.py [--sizes 1 10]
 """
 
@@ -79,8 +86,54 @@ def grow_to(gib: int) -> float:
     return int(sql("SELECT pg_database_size(current_database())")) / GIB
 
 
+PIDFILE = "/var/run/postgresql/{version}-{cluster}.pid"
+CPUS = sorted(os.sched_getaffinity(0))
+# the CPUs of "operations" and of "the standby's host" (--split-cores); empty: every process on every CPU
+LAYOUT: dict[str, list[int]] = {}
+
+
+def on(role: str) -> list[str]:
+    """The argv prefix that runs a command on the CPUs of role (operations, standby) in the layout."""
+    return ["taskset", "-c", ",".join(map(str, LAYOUT[role]))] if LAYOUT else []
+
+
+def pin_cluster(cluster: str, cpus: list[int]) -> int:
+    """Pin a running cluster's postmaster and its children (backends it forks later inherit it) to cpus;
+    returns the processes pinned."""
+    with open(PIDFILE.format(version=VERSION, cluster=cluster)) as fh:
+        postmaster = int(fh.readline())
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    pids = [postmaster, *map(int, children)]
+    for pid in pids:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except ProcessLookupError:  # a backend that just ended
+            pass
+    return len(pids)
+
+
+def split_cores() -> dict[str, list[int]]:
+    """Operations (the primary) on the first half of the CPUs, the standby's host (standby, clone) on the
+    rest."""
+    if len(CPUS) < 2:
+        raise SystemExit("--split-cores needs two CPUs or more")
+    half = len(CPUS) // 2
+    layout = {"operations": CPUS[:half], "standby": CPUS[half:]}
+    pin_cluster("db-primary", layout["operations"])
+    pin_cluster("db-replica", layout["standby"])
+    return layout
+
+
+def unpin() -> None:
+    """Every process of both clusters on every CPU again."""
+    if LAYOUT:
+        for cluster in ("db-primary", "db-replica"):
+            pin_cluster(cluster, CPUS)
+        LAYOUT.clear()
+
+
 def take(config: str | None) -> dict:
-    argv = ["soc-clone"] + (["--config", config] if config else []) + ["take"]
+    argv = on("standby") + ["soc-clone"] + (["--config", config] if config else []) + ["take"]
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True)
     wall = time.monotonic() - t0
@@ -145,8 +198,8 @@ def ingest(config: str | None, seconds: int, every: int | None, clients: int) ->
     if th:
         th.start()
     as_postgres(
-        [f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds), "-f", script, "-l",
-         f"--log-prefix={work}/log", DB],
+        [*on("operations"), f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds),
+         "-f", script, "-l", f"--log-prefix={work}/log", DB],
         cwd=work,
     )  # fmt: skip
     if th:
@@ -202,6 +255,9 @@ def main() -> None:
     ap.add_argument("--ingest-every", type=int, default=10)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the bench data (no clean-up)")
+    ap.add_argument("--layouts", nargs="+", choices=["shared", "split"], default=["shared", "split"],
+                    help="the ingest's CPU layouts: shared, or split (the primary and pgbench on half the"
+                         " CPUs, the standby and the clone on the other half)")  # fmt: skip
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (soc-clone needs btrfs and pg_ctl as postgres)")
@@ -242,10 +298,22 @@ def main() -> None:
             }
             results.append(row)
             print(json.dumps(row), flush=True)
-        print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s", flush=True)
-        ingest = ingest_with_and_without_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
-        print(json.dumps(ingest), flush=True)
+        ingests: list[dict] = []
+        for name in args.layouts:
+            if name == "split":
+                LAYOUT.update(split_cores())
+            layout = (
+                f"split: operations on CPUs {LAYOUT['operations']}, standby and clone on {LAYOUT['standby']}"
+                if LAYOUT
+                else "shared: every process on every CPU"
+            )
+            print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s; {layout}", flush=True)
+            row = ingest_with_and_without_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
+            ingests.append({"layout": layout, **row})
+            print(json.dumps(ingests[-1]), flush=True)
+            unpin()
     finally:
+        unpin()
         shutil.rmtree(bb_dir, ignore_errors=True)
         if not args.keep:
             for t in data_tables():
@@ -258,12 +326,14 @@ def main() -> None:
             f"{r['database_gib']:8.2f} | {r['clone_ready_s']:22.3f} | {r['pg_basebackup_s']:15.2f} | "
             f"{r['basebackup_over_clone']:.1f}x"
         )
-    print(
-        f"ingest over a run with a clone every {args.ingest_every} s / without: {ingest['run_ratio']:.3f} "
-        f"({ingest['rows_per_s_with_clones']} vs {ingest['rows_per_s_no_clones']} rows/s)\n"
-        f"ingest during a take / outside the takes: {ingest['take_ratio']:.3f} "
-        f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_outside_takes']} rows/s)"
-    )
+    for ingest in ingests:
+        print(
+            f"ingest, {ingest['layout']}\n"
+            f"  over a run with a clone every {args.ingest_every} s / without: {ingest['run_ratio']:.3f} "
+            f"({ingest['rows_per_s_with_clones']} vs {ingest['rows_per_s_no_clones']} rows/s)\n"
+            f"  during a take / outside the takes: {ingest['take_ratio']:.3f} "
+            f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_outside_takes']} rows/s)"
+        )
 
 
 if __name__ == "__main__":
