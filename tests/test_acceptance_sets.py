@@ -29,7 +29,7 @@ def test_the_small_sets_are_the_full_ones_a_day_long_at_half_the_scale():
     for name, spec in full.items():
         assert small[name].days == min(spec.days, 1.0)
         assert replace(small[name], days=spec.days, scale=spec.scale) == spec
-        if spec.scale is None or not spec.small_scale:  # the catalogue's scale, or a rate measured on it
+        if spec.scale is None or not spec.small_scale:  # the catalogue's, or kept (steps/telemetry.py)
             assert small[name].scale == spec.scale
         else:
             assert small[name].scale == spec.scale / 2
