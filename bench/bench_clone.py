@@ -88,7 +88,7 @@ def grow_to(gib: int) -> float:
 
 PIDFILE = "/var/run/postgresql/{version}-{cluster}.pid"
 CPUS = sorted(os.sched_getaffinity(0))
-# the CPUs of "operations" and of "the standby's host" (--split-cores); empty: every process on every CPU
+# the CPUs of "operations" and of "the standby's host" (layout split); empty: every process on every CPU
 LAYOUT: dict[str, list[int]] = {}
 
 
@@ -97,9 +97,8 @@ def on(role: str) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, LAYOUT[role]))] if LAYOUT else []
 
 
-def pin_cluster(cluster: str, cpus: list[int]) -> int:
-    """Pin a running cluster's postmaster and its children (backends it forks later inherit it) to cpus;
-    returns the processes pinned."""
+def pin_cluster(cluster: str, cpus: list[int]) -> None:
+    """Pin a running cluster's postmaster and its children (backends it forks later inherit it) to cpus."""
     with open(PIDFILE.format(version=VERSION, cluster=cluster)) as fh:
         postmaster = int(fh.readline())
     children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
@@ -109,14 +108,13 @@ def pin_cluster(cluster: str, cpus: list[int]) -> int:
             os.sched_setaffinity(pid, cpus)
         except ProcessLookupError:  # a backend that just ended
             pass
-    return len(pids)
 
 
 def split_cores() -> dict[str, list[int]]:
     """Operations (the primary) on the first half of the CPUs, the standby's host (standby, clone) on the
     rest."""
     if len(CPUS) < 2:
-        raise SystemExit("--split-cores needs two CPUs or more")
+        raise SystemExit("the split layout needs two CPUs or more")
     half = len(CPUS) // 2
     layout = {"operations": CPUS[:half], "standby": CPUS[half:]}
     pin_cluster("db-primary", layout["operations"])
