@@ -1,8 +1,7 @@
 """The telemetry sets the acceptance features replay: small simulated days, on days operations has no
 delivery of, simulated once per session, at one of two sizes (pytest --telemetry-size): "full" for `make
-acceptance` and Jenkins' acceptance job, "small" (a day where full has a day and a half or two, and half
-the scale where the scale is the sets' own) for `make test`, whose CI budget holds every scenario at that
-size.
+acceptance` and Jenkins' acceptance job, "small" (a day where full has a day and a half or two) for `make
+test`, whose CI budget holds every scenario at that size.
 
 Every set is simulated with the deployment's catalogue seed; the sets that check science against the
 simulator's truth (the alerts) also use its catalogue scale, so their sources are the working catalogue's.
@@ -40,7 +39,6 @@ class SetSpec:
     dense: bool = False  # on the day the scanning law sees the most stars (along the Galactic plane)
     first_day: date | None = None  # the first free day from this one (default FIRST_DAY)
     event_rate: float | None = None  # None: the simulator's
-    small_scale: bool = True  # the small size also halves the scale (not where a set needs its volume)
 
 
 SETS = {  # a day and a half: a day's contacts, wherever they fall
@@ -50,14 +48,11 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     # two days, every fault and a tight downlink (a backlog crosses passes), before the days operations
     # holds: its horizon is past them, so a chunk is due as soon as it has packets, and a pass held back
     # is late data for the chunks that other passes brought packets of
-    # (its scale kept at the small size: at half of it, 2016-06-01 held two passes, none of which could
-    # arrive late into reduced chunks)
     "faulty days with a late pass": SetSpec(
-        days=2.0, faults=FAULT_KINDS, downlink_margin=0.5, first_day=date(2016, 6, 1), small_scale=False
+        days=2.0, faults=FAULT_KINDS, downlink_margin=0.5, first_day=date(2016, 6, 1)
     ),
-    # the ingest rate during a take is measured on these: an ingest long enough to hold a take
-    "cloning reference": SetSpec(days=2.0, small_scale=False),
-    "cloning": SetSpec(days=2.0, small_scale=False),
+    "cloning reference": SetSpec(days=2.0),
+    "cloning": SetSpec(days=2.0),
     # the events a recall is measured on: the rate of `soc alerts recall` (100 x the simulator's, pipeline
     # .alerts.recall), so that a day holds a few hundred visits to count; each source's events are its own
     "events day": SetSpec(days=1.5, scale=None, event_rate=0.05),
@@ -68,10 +63,8 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     # the failover drill: a day and a half, every fault (the watcher's resumption meets them all)
     "failover drill": SetSpec(days=1.5, faults=FAULT_KINDS, first_day=date(2016, 8, 5)),
 }
-# make test: every set a day long, and at half the scale where it is SMALL (a set at the catalogue's scale
-# keeps it: its sources are the working catalogue's)
+# make test: every set a day long, which roughly halves its reduction
 SMALL_DAYS = 1.0
-SMALL_SCALE_FACTOR = 0.5
 SIZES = ("full", "small")
 
 
@@ -81,14 +74,7 @@ def sets_of_size(size: str) -> dict[str, SetSpec]:
         raise ValueError(f"telemetry size {size!r}: one of {SIZES}")
     if size == "full":
         return SETS
-    return {
-        name: replace(
-            spec,
-            days=min(spec.days, SMALL_DAYS),
-            scale=spec.scale * SMALL_SCALE_FACTOR if spec.scale and spec.small_scale else spec.scale,
-        )
-        for name, spec in SETS.items()
-    }
+    return {name: replace(spec, days=min(spec.days, SMALL_DAYS)) for name, spec in SETS.items()}
 
 
 FIRST_DAY = date(2016, 9, 1)  # ordinary sets: the first free days from here, in the order asked for

@@ -23,16 +23,12 @@ def test_a_set_never_overlaps_the_days_of_a_set_delivered_before():
     assert abs((again - later).days) > LONGEST_DAYS  # nor the days of a set of this session
 
 
-def test_the_small_sets_are_the_full_ones_a_day_long_at_half_the_scale():
+def test_the_small_sets_are_the_full_ones_a_day_long():
     small, full = sets_of_size("small"), sets_of_size("full")
     assert full is SETS and small.keys() == full.keys()
     for name, spec in full.items():
-        assert small[name].days == min(spec.days, 1.0)
-        assert replace(small[name], days=spec.days, scale=spec.scale) == spec
-        if spec.scale is None or not spec.small_scale:  # the catalogue's, or kept (steps/telemetry.py)
-            assert small[name].scale == spec.scale
-        else:
-            assert small[name].scale == spec.scale / 2
+        assert small[name] == replace(spec, days=min(spec.days, 1.0))
+        assert small[name].days <= 1.0
     with pytest.raises(ValueError, match="telemetry size"):
         sets_of_size("huge")
 
