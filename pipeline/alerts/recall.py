@@ -471,13 +471,14 @@ def read_run(conn: psycopg.Connection, revisions, th: Thresholds, shift: int):
                       "g_mag": float, "flags": np.int64})  # fmt: skip
     new["good"] = np.isfinite(new["g_mag"]) & ((new["flags"] & th.failure_flags) == 0)
     ids = np.unique(new["db_source"].to_numpy())
-    pixels = np.unique(ids >> shift)
+    id_pixel = ids >> shift  # sorted, as ids are
+    pixels = np.unique(id_pixel)
     hrows: list = []
     # PIXELS_PER_QUERY pixels at a time: the planner copies the source-id list into the plan of every
     # partition a query touches (a day of a deployment at healpix_order 5 touches thousands: gigabytes)
     for first in range(0, len(pixels), PIXELS_PER_QUERY):
         group = pixels[first : first + PIXELS_PER_QUERY]
-        part = ids[np.isin(ids >> shift, group)]
+        part = ids[np.searchsorted(id_pixel, group[0]) : np.searchsorted(id_pixel, group[-1], "right")]
         params = {"pixels": _array(group), "ids": _array(part), "failure": th.failure_flags, "c": c, "r": r}
         hrows += conn.execute(HISTORY_COUNTS, params, prepare=False).fetchall()
     a = np.array(hrows, dtype=np.int64).reshape(-1, 2)
