@@ -31,7 +31,7 @@ from pipeline.db.load import (
 from pipeline.db.migrate import settings
 from pipeline.distribute import write_product
 from pipeline.health import HK_KINDS, HealthLimits, bias_before, chunk_science, monitor_chunk
-from pipeline.reduce.attitude import Attitude, TimeCorrelation
+from pipeline.reduce.attitude import Attitude, NoTimeCorrelation, TimeCorrelation
 from pipeline.reduce.crossmatch import CatalogueIndex, crossmatch
 from pipeline.reduce.positions import sky_positions
 from pipeline.simulate.sky import Sky
@@ -161,11 +161,18 @@ class ChunkReducer:
 
     def _transits(self, conn, chunk_id: int, star: dict, tr: dict, dec) -> dict | None:
         with self._timed("positions"):
+            try:
+                tc = TimeCorrelation.from_packets(dec.timecorr)
+            except NoTimeCorrelation:
+                # a chunk reduced at its deadline before any time correlation of its own came down: its
+                # transits wait for it (the packets that bring it are late data: a new revision)
+                self.stats[chunk_id] = {"transits": len(tr["n_good"]), "without_position": 0,
+                                        "without_time": len(tr["n_good"])}  # fmt: skip
+                return None
             att = Attitude.from_packets(dec.attitude)
-            tc = TimeCorrelation.from_packets(dec.timecorr)
             pos = sky_positions(att, tr["obt_window"], star["fov"], star["row"], star["ac_pixel"])
         ok = pos["valid"] & (tr["n_good"] > 0) & np.isfinite(tr["obt_mean"])
-        self.stats[chunk_id] = {"transits": len(ok), "without_position": int((~ok).sum())}
+        self.stats[chunk_id] = {"transits": len(ok), "without_position": int((~ok).sum()), "without_time": 0}
         if not ok.any():
             return None
         ra, dec_, g = pos["ra"][ok], pos["dec"][ok], tr["g_mag"][ok]

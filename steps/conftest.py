@@ -27,7 +27,7 @@ from pipeline.alerts.gaia_lightcurves import lightcurve_paths, read_lightcurve
 from pipeline.alerts.realdata import replay_all
 from pipeline.alerts.recall import Truth, deployment_visits
 from pipeline.alerts.thresholds import load_thresholds
-from pipeline.chunks import LOWEST_PRIORITY_APIDS, horizon
+from pipeline.chunks import horizon
 from steps.environments import Harness, describe
 from steps.release_gate import *  # noqa: F403  (the release gate's steps and fixtures)
 from steps.replication import *  # noqa: F403  (the replication feature's steps and fixtures)
@@ -229,14 +229,15 @@ def faulty_with_late_pass(harness, telemetry, ctx):
     sent = packets[packets["fate"] == "delivered"]
     chunks = {p: set(np.floor(q["obt"] / chunk_s).astype(int)) for p, q in sent.groupby("pass_id") if p}
 
-    lo, hi = LOWEST_PRIORITY_APIDS
-    (db_horizon,) = harness.env["operations"].query(
-        "SELECT coalesce(max(obt), '-Infinity') FROM raw_packets WHERE apid BETWEEN %s AND %s", (lo, hi)
-    )[0]
+    # what operations holds, for pipeline.chunks.horizon: the newest packet of each APID (its newest star
+    # packet of the lowest priority if it has any, else its newest star packet: the horizon's rule)
+    held = np.array(harness.env["operations"].query("SELECT apid, max(obt) FROM raw_packets GROUP BY apid"),
+                    dtype=float).reshape(-1, 2)  # fmt: skip
 
     def late_data_possible(f: Path) -> bool:
         others = sent[sent["pass_id"] != f.stem]
-        h = max(horizon(others["apid"].to_numpy(), others["obt"].to_numpy()), float(db_horizon))
+        h = horizon(np.r_[others["apid"].to_numpy(), held[:, 0]].astype(np.int64),
+                    np.r_[others["obt"].to_numpy(), held[:, 1]])  # fmt: skip
         shared = chunks[f.stem] & set(np.floor(others["obt"] / chunk_s).astype(int))
         return any((c + 1) * chunk_s + lateness <= h for c in shared)
 

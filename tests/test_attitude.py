@@ -7,7 +7,15 @@ import pytest
 
 from pipeline import instrument as ins
 from pipeline.mission_time import obt_of
-from pipeline.reduce.attitude import Attitude, AttitudeGapError, TimeCorrelation, qmul, slerp, z_rotation
+from pipeline.reduce.attitude import (
+    Attitude,
+    AttitudeGapError,
+    NoTimeCorrelation,
+    TimeCorrelation,
+    qmul,
+    slerp,
+    z_rotation,
+)
 from pipeline.simulate.scanlaw import ScanLaw
 
 MAS = np.deg2rad(1.0 / 3.6e6)
@@ -60,6 +68,21 @@ def test_time_correlation_robust_to_outliers():
 def test_time_correlation_needs_two_points():
     with pytest.raises(ValueError):
         TimeCorrelation.fit([1.0], [2.0])
+
+
+def test_one_time_correlation_packet_gives_its_point_and_its_clock_rate():
+    tc = np.array([T0 + 600.0])
+    one = TimeCorrelation.from_packets({"obt": obt_of(tc), "utc": tc, "clock_rate": np.array([ins.OBT_RATE])})
+    t = np.array([T0, T0 + 1800.0])
+    assert np.abs(one.utc_of_obt(obt_of(t)) - t).max() < 1e-6
+    assert one.clock_rate == pytest.approx(ins.OBT_RATE)
+
+
+@pytest.mark.parametrize("utc, rate", [([], []), ([np.nan], [1.0]), ([T0], [np.nan])])
+def test_no_usable_time_correlation_packet_is_its_own_error(utc, rate):
+    obt = np.zeros(len(utc))
+    with pytest.raises(NoTimeCorrelation):
+        TimeCorrelation.from_packets({"obt": obt, "utc": np.array(utc), "clock_rate": np.array(rate)})
 
 
 # --- quaternion helpers ----------------------------------------------------------------------------------

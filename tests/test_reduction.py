@@ -23,6 +23,7 @@ from pipeline.mission_time import obt_of
 from pipeline.reduce.crossmatch import is_new_source_id
 from pipeline.reduction import ChunkReducer, ReductionError, WorkingCatalogue, make_reducer
 from pipeline.simulate.run import SimConfig, simulate
+from pipeline.telemetry.layout import APID_AUX_TIMECORR
 
 from .conftest import ALL_ANOMALIES, migrated_database
 
@@ -201,6 +202,38 @@ def test_a_chunk_revision_is_one_transaction(roomy_day, pg_server):
         assert conn.execute("SELECT count(*) FROM transits").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM chunks").fetchone()[0] == 0
         assert reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)))  # and it recovers
+
+
+def test_a_chunk_due_before_its_time_correlation_came_down_waits_for_it(roomy_day, pg_server):
+    """A chunk reduced at its deadline whose time-correlation packets are still on their way (another pass
+    brings them) gets a revision without transits, the other chunks are reduced all the same, and the
+    packets' arrival makes the revision with its transits (late data)."""
+    dsn = _database(pg_server, "soc_no_timecorr")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for f in pending_files(roomy_day / "passes"):
+            ingest_file(conn, f)
+        (chunk,) = conn.execute(  # one in the middle of the day: the missing packets show as a sequence gap
+            "SELECT floor(percentile_disc(0.5) WITHIN GROUP (ORDER BY obt) / %s)::bigint FROM raw_packets"
+            " WHERE apid BETWEEN 256 AND 511", (CHUNK_S,),
+        ).fetchone()  # fmt: skip
+        window = ((chunk - 1) * CHUNK_S, (chunk + 2) * CHUNK_S)  # the chunk's and its context margins
+        conn.execute("CREATE TEMP TABLE on_their_way AS SELECT * FROM raw_packets WITH NO DATA")
+        conn.execute(
+            "WITH d AS (DELETE FROM raw_packets WHERE apid = %s AND obt >= %s AND obt < %s RETURNING *)"
+            " INSERT INTO on_their_way SELECT * FROM d", (APID_AUX_TIMECORR, *window),
+        )  # fmt: skip
+        assert conn.execute("SELECT count(*) FROM on_their_way").fetchone()[0] > 2
+
+        first = reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)))
+        rows = dict(conn.execute("SELECT chunk_id, n_transits FROM current_chunks").fetchall())
+        assert (chunk, 1, "deadline") in first and rows[chunk] == 0
+        assert sum(rows.values()) > 1000  # the other chunks have their transits
+
+        conn.execute("INSERT INTO raw_packets SELECT * FROM on_their_way")
+        again = reduce_due(conn, ChunkReducer(WorkingCatalogue.from_settings(conn)))
+        assert (chunk, 2, "late_data") in again
+        (n,) = conn.execute("SELECT n_transits FROM current_chunks WHERE chunk_id = %s", (chunk,)).fetchone()
+        assert n > 0
 
 
 def test_a_killed_reduction_resumes_without_loss_or_duplicates(roomy_day, pg_server, reduced):

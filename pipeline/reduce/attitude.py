@@ -31,6 +31,10 @@ class AttitudeGapError(ValueError):
     """Raised (with strict=True) when an attitude is asked for outside the covered intervals."""
 
 
+class NoTimeCorrelation(ValueError):
+    """No time-correlation packet with finite values: on-board times cannot be given a UTC."""
+
+
 # --- time correlation ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimeCorrelation:
@@ -112,8 +116,22 @@ class TimeCorrelation:
 
     @classmethod
     def from_packets(cls, timecorr: dict, **kw) -> TimeCorrelation:
-        """Fit to decoded AUX_TIMECORR packets (DecodedPass.timecorr: obt, utc arrays)."""
-        return cls.fit(timecorr["obt"], timecorr["utc"], **kw)
+        """Fit to decoded AUX_TIMECORR packets (DecodedPass.timecorr: obt, utc, clock_rate arrays).
+
+        A single packet (the others of a chunk still on their way down: a chunk reduced at its deadline)
+        gives its point and the clock rate it reports; none raises NoTimeCorrelation."""
+        obt = np.asarray(timecorr["obt"], dtype=float).ravel()
+        utc = np.asarray(timecorr["utc"], dtype=float).ravel()
+        rate = np.asarray(timecorr.get("clock_rate", np.full(len(obt), np.nan)), dtype=float).ravel()
+        good = np.isfinite(obt) & np.isfinite(utc)
+        if np.count_nonzero(good) >= 2:
+            return cls.fit(obt, utc, **kw)
+        one = good & np.isfinite(rate) & (rate > 0)
+        if not one.any():
+            raise NoTimeCorrelation(f"no time-correlation point with a clock rate among {len(obt)} packet(s)")
+        i = int(np.flatnonzero(one)[0])
+        return cls(obt_ref=float(obt[i]), utc_ref=float(utc[i]), rate_inv=1.0 / float(rate[i]), rms_s=0.0,
+                   max_abs_s=0.0, n_points=len(obt), inliers=one & (np.arange(len(obt)) == i))  # fmt: skip
 
     def utc_of_obt(self, obt) -> np.ndarray:
         """On-board time (s) -> UTC mission seconds."""
