@@ -106,8 +106,9 @@ def topology() -> Topology:
         env={**ansible_env(), "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
              "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"},
     ).stdout  # fmt: skip
-    results = json.loads(out)["plays"][0]["tasks"][0]["hosts"]
-    hostvars = {h: r["msg"] for h, r in results.items()}
+    # one task; the linear strategy reports it once with every host, Mitogen's once per host
+    tasks = json.loads(out)["plays"][0]["tasks"]
+    hostvars = {h: r["msg"] for task in tasks for h, r in task["hosts"].items()}
     groups: dict[str, list[str]] = {}
     for h, hv in hostvars.items():
         for g in hv["group_names"]:
