@@ -214,7 +214,7 @@ def test_a_chunk_due_before_its_time_correlation_came_down_waits_for_it(roomy_da
             ingest_file(conn, f)
         (chunk,) = conn.execute(  # one in the middle of the day: the missing packets show as a sequence gap
             "SELECT floor(percentile_disc(0.5) WITHIN GROUP (ORDER BY obt) / %s)::bigint FROM raw_packets"
-            " WHERE apid BETWEEN 256 AND 511", (CHUNK_S,),
+            " WHERE apid BETWEEN 256 AND 511", (CHUNK_S,),  # the star packets (APIDs 0x1xx)
         ).fetchone()  # fmt: skip
         window = ((chunk - 1) * CHUNK_S, (chunk + 2) * CHUNK_S)  # the chunk's and its context margins
         conn.execute("CREATE TEMP TABLE on_their_way AS SELECT * FROM raw_packets WITH NO DATA")
