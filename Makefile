@@ -15,7 +15,7 @@ DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
 .PHONY: up test deps venv vault lint unit infra provision bench clean jenkins-golden acceptance infra-tests \
-	acceptance-tests
+	acceptance-tests unit-beside topology-tests
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -68,13 +68,22 @@ infra: provision
 acceptance: provision
 	$(MAKE) --no-print-directory acceptance-tests
 
-# The whole suite: the linters and the unit tests while the topology is provisioned (the tests use throwaway
-# servers of their own; each target's output is shown when it ends); then the topology's tests, and every
-# acceptance scenario last (they fail over and switch the primary back), on the small telemetry sets
-# (within the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job).
+# The whole suite: the linters while the topology is provisioned; then the topology's tests, and every
+# acceptance scenario last (they fail over and switch the primary back), on the small telemetry sets (within
+# the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job), with the unit tests beside
+# them at a lower CPU priority (UNIT_NICE): the scenarios leave about half of the CPU idle while they wait
+# for the environments, and the unit tests use throwaway servers of their own. Each target's output is shown
+# when it ends.
+UNIT_NICE ?= 5
 test: vault
-	$(MAKE) --no-print-directory --output-sync=target -j3 lint unit provision
-	$(MAKE) --no-print-directory infra-tests acceptance-tests ACCEPTANCE_SIZE=small
+	$(MAKE) --no-print-directory --output-sync=target -j2 lint provision
+	$(MAKE) --no-print-directory --output-sync=target -j2 unit-beside topology-tests ACCEPTANCE_SIZE=small
+
+unit-beside: venv
+	nice -n $(UNIT_NICE) $(MAKE) --no-print-directory unit
+
+topology-tests:
+	$(MAKE) --no-print-directory infra-tests acceptance-tests
 
 # The suites of a topology that is already provisioned.
 infra-tests:
