@@ -71,19 +71,25 @@ acceptance: provision
 # The whole suite: the linters while the topology is provisioned; then the topology's tests, and every
 # acceptance scenario last (they fail over and switch the primary back), on the small telemetry sets (within
 # the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job), with the unit tests beside
-# them at a lower CPU priority (UNIT_NICE): the scenarios leave about half of the CPU idle while they wait
-# for the environments, and the unit tests use throwaway servers of their own. Each target's output is shown
-# when it ends.
+# them at a lower CPU priority (UNIT_NICE): the scenarios leave a fifth to a half of the CPU idle while they
+# wait for the environments, and the unit tests use throwaway servers of their own. The linters' and the
+# provisioning's output is shown as each ends; the topology's suites print as they go, the unit tests into
+# reports/unit.log (its summary shown when they end).
 UNIT_NICE ?= 5
 test: vault
 	$(MAKE) --no-print-directory --output-sync=target -j2 lint provision
-	$(MAKE) --no-print-directory --output-sync=target -j2 unit-beside topology-tests ACCEPTANCE_SIZE=small
+	$(MAKE) --no-print-directory -j2 unit-beside topology-tests ACCEPTANCE_SIZE=small
 
 unit-beside: venv
-	nice -n $(UNIT_NICE) $(MAKE) --no-print-directory unit
+	@mkdir -p reports
+	@echo "unit tests at nice $(UNIT_NICE) beside the topology's suites: reports/unit.log"
+	@nice -n $(UNIT_NICE) $(MAKE) --no-print-directory unit > reports/unit.log 2>&1; \
+	  status=$$?; echo "unit tests:"; tail -n 12 reports/unit.log; exit $$status
 
+# One after the other (each line its own make: never side by side, whatever -j the caller gave).
 topology-tests:
-	$(MAKE) --no-print-directory infra-tests acceptance-tests
+	$(MAKE) --no-print-directory infra-tests
+	$(MAKE) --no-print-directory acceptance-tests
 
 # The suites of a topology that is already provisioned.
 infra-tests:
