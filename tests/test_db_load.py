@@ -1,5 +1,7 @@
 """Main Database science tables and their bulk loader, against a real PostgreSQL (template order 2)."""
 
+import dataclasses
+
 import numpy as np
 import psycopg
 import pytest
@@ -17,6 +19,8 @@ from pipeline.db.load import (
     read_transits,
     upsert_sources,
 )
+
+from .conftest import migrated_database
 
 ORDER = 2  # the template's healpix_order (tests/conftest.py)
 N_PIX = 12 * 4**ORDER
@@ -313,3 +317,58 @@ def test_a_chunk_without_transits_is_read_and_replaced_without_touching_a_partit
         assert delete_chunk(conn, 8) == 0
         assert conn.execute(locked).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM transit_chunks WHERE chunk_id = 8").fetchone() == (0,)
+
+
+# What a schema is, read from the catalogue: every relation of schema public with its kind, partition bound
+# and parent (tables and indexes), every column, constraint (with the table and name of the constraint it
+# inherits) and index definition. Object ids and creation order are left out: they differ between any two
+# installations.
+_CATALOGUE = {
+    "relations": """
+        SELECT c.relname, c.relkind, pg_get_expr(c.relpartbound, c.oid), c.reltoastrelid <> 0,
+               (SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid)
+        FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace""",
+    "columns": """
+        SELECT a.attrelid::regclass::text, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+               a.attnotnull, col_description(a.attrelid, a.attnum)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+        WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped""",
+    "constraints": """
+        SELECT c.conrelid::regclass::text, c.conname, c.contype, c.conislocal, c.coninhcount, c.connoinherit,
+               c.convalidated, pg_get_constraintdef(c.oid), c.conindid::regclass::text,
+               p.conrelid::regclass::text, p.conname
+        FROM pg_constraint c LEFT JOIN pg_constraint p ON p.oid = c.conparentid
+        WHERE c.connamespace = 'public'::regnamespace""",
+    "indexes": """
+        SELECT x.indexrelid::regclass::text, pg_get_indexdef(x.indexrelid), x.indisprimary, x.indisvalid
+        FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+        WHERE c.relnamespace = 'public'::regnamespace""",
+}
+
+
+def _catalogue(dsn: str) -> dict[str, set]:
+    with psycopg.connect(dsn) as conn:
+        return {what: set(conn.execute(sql).fetchall()) for what, sql in _CATALOGUE.items()}
+
+
+def test_the_rewritten_partitioning_migration_gives_the_schema_of_the_text_it_replaced(
+    pg_server, monkeypatch
+):
+    now = migrate.available()
+    before = [dataclasses.replace(mg, sql=mg.superseded) if mg.superseded else mg for mg in now]
+    assert [mg.version for mg in now if mg.superseded] == [2]
+    new = migrated_database(pg_server, "soc_schema_now", {"healpix_order": ORDER})
+    monkeypatch.setattr(migrate, "available", lambda: before)
+    old = migrated_database(pg_server, "soc_schema_before", {"healpix_order": ORDER})
+    monkeypatch.undo()
+    got, want = _catalogue(new), _catalogue(old)
+    assert len(want["relations"]) > 4 * N_PIX and len(want["constraints"]) > 4 * N_PIX
+    for what in _CATALOGUE:
+        only_new, only_old = sorted(got[what] - want[what])[:5], sorted(want[what] - got[what])[:5]
+        assert got[what] == want[what], (what, only_new, only_old)
+    # A database that applied the earlier text is up to date; one whose recorded text is neither is refused.
+    assert migrate.migrate(old) == []
+    with psycopg.connect(old, autocommit=True) as conn:
+        conn.execute("UPDATE schema_migrations SET checksum = md5(checksum) WHERE version = 2")
+    with pytest.raises(migrate.MigrationError, match="0002_main_database changed after it was applied"):
+        migrate.migrate(old)

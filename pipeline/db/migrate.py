@@ -3,8 +3,11 @@
 Migrations are the files pipeline/db/migrations/NNNN_name.sql, applied in order, each in its own
 transaction (unless marked `-- soc:no-transaction`, see Migration.transactional), and recorded in
 schema_migrations with a checksum: a migration that changed after it was applied is an error, not something
-to apply again. `init` also fixes the database's settings (chunk length, HEALPix order of the partitions),
-which every later step reads from the database, not from the caller.
+to apply again. The one exception is a rewrite that gives the same schema (faster, say): the text it
+replaces is kept as pipeline/db/migrations/superseded/NNNN_name.sql, a database that applied that text is up
+to date, and a test proves that both texts give the same catalogue. `init` also fixes the database's
+settings (chunk length, HEALPix order of the partitions), which every later step reads from the database,
+not from the caller.
 
 `init` stores the settings first (creating soc_settings if needed) and then applies the migrations, because
 migrations read them: 0002 creates one partition per HEALPix pixel at soc_settings.healpix_order. `migrate`
@@ -41,6 +44,7 @@ class Migration:
     version: int
     name: str
     sql: str
+    superseded: str | None = None  # the earlier text of this migration, which gives the same schema
 
     @property
     def transactional(self) -> bool:
@@ -53,14 +57,29 @@ class Migration:
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
+    @property
+    def accepted_checksums(self) -> set[str]:
+        """The checksums a database that applied this migration may have recorded."""
+        return {hashlib.sha256(t.encode()).hexdigest() for t in (self.sql, self.superseded) if t is not None}
 
-def available() -> list[Migration]:
-    out = []
-    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+
+def _texts(folder) -> dict[tuple[int, str], str]:
+    """(version, name) -> text of the files NNNN_name.sql in FOLDER (none if there is no FOLDER)."""
+    out: dict[tuple[int, str], str] = {}
+    for entry in folder.iterdir() if folder.is_dir() else ():
         m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
         if m:
-            out.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
-    out.sort(key=lambda mg: mg.version)
+            out[int(m.group(1)), m.group(2)] = entry.read_text()
+    return out
+
+
+def available() -> list[Migration]:
+    folder = resources.files(MIGRATIONS_PACKAGE)
+    earlier = _texts(folder / "superseded")
+    out = sorted(
+        (Migration(v, name, sql, earlier.get((v, name))) for (v, name), sql in _texts(folder).items()),
+        key=lambda mg: mg.version,
+    )
     if [mg.version for mg in out] != list(range(1, len(out) + 1)):
         raise MigrationError(f"migration versions must run 1..N without gaps: {[mg.version for mg in out]}")
     return out
@@ -143,7 +162,7 @@ def _apply(conn: psycopg.Connection) -> list[Migration]:
     have = applied(conn)
     for mg in available():
         if mg.version in have:
-            if have[mg.version] != mg.checksum:
+            if have[mg.version] not in mg.accepted_checksums:
                 raise MigrationError(f"migration {mg.version:04d}_{mg.name} changed after it was applied")
             continue
         if mg.transactional:

@@ -19,7 +19,15 @@
 -- 60,000 relations) overflow the shared lock table (max_locks_per_transaction x (max_connections +
 -- workers): 512 x 82 with LocalServer's settings). The whole file is therefore one DO block, run outside a
 -- transaction block, written so that running it again after a failure finishes the job (IF NOT EXISTS
--- everywhere); schema_migrations records it once it has succeeded.
+-- everywhere, constraints added only where missing); schema_migrations records it once it has succeeded.
+--
+-- The constraints (primary keys and CHECKs) are added to the parents after every leaf exists, one
+-- statement per constraint that reaches every partition, not declared on the parents up front: PostgreSQL
+-- looks for foreign keys to clone into each new partition by a sequential scan of pg_constraint, so each
+-- leaf created under constrained parents costs time in proportion to the constraints of the leaves made
+-- before it (quadratic: 240 s for both tables at k = 5, against 87 s this way; docs/main_database.md).
+-- The schema is the same either way (tests/test_db_load.py compares the catalogues); the earlier text is
+-- kept in superseded/, and a database that applied it is up to date.
 --
 -- Compared tables use natural keys only (no identity columns, no load times): a transit is identified by
 -- its source and its mean on-board time; transit_chunks records which revision of each chunk is loaded
@@ -37,6 +45,8 @@ DECLARE
     q      integer;
     p      integer;
     tbl    text;
+    con    text;
+    ddl    text;
 BEGIN
     SELECT value::integer INTO k FROM soc_settings WHERE key = 'healpix_order';
     IF k IS NULL THEN
@@ -52,45 +62,39 @@ BEGIN
     pw := length((n - 1)::text);
     gw := length((n / per - 1)::text);
 
-    EXECUTE format($sql$
-        CREATE TABLE IF NOT EXISTS sources (
-            source_id bigint  NOT NULL,
-            healpix   integer NOT NULL,
-            ra        double precision NOT NULL,          -- deg, ICRS
-            dec       double precision NOT NULL,          -- deg
-            g_ref     real,                               -- catalogue G magnitude; NULL for new sources
-            origin    text NOT NULL CHECK (origin IN ('catalogue', 'new')),
-            PRIMARY KEY (healpix, source_id),
-            CONSTRAINT sources_healpix_of_source CHECK (healpix = source_id >> %1$s)
-        ) PARTITION BY RANGE (healpix)$sql$, shift);
+    CREATE TABLE IF NOT EXISTS sources (
+        source_id bigint  NOT NULL,
+        healpix   integer NOT NULL,
+        ra        double precision NOT NULL,          -- deg, ICRS
+        dec       double precision NOT NULL,          -- deg
+        g_ref     real,                               -- catalogue G magnitude; NULL for new sources
+        origin    text NOT NULL
+    ) PARTITION BY RANGE (healpix);
 
-    EXECUTE format($sql$
-        CREATE TABLE IF NOT EXISTS transits (
-            source_id      bigint   NOT NULL,
-            healpix        integer  NOT NULL,
-            obt            double precision NOT NULL,     -- mean on-board time of the transit's windows
-            t              double precision NOT NULL,     -- UTC mission seconds
-            chunk_id       bigint   NOT NULL,
-            revision       integer  NOT NULL,
-            apid           smallint NOT NULL,             -- provenance: the star packet
-            seq            integer  NOT NULL,
-            fov            smallint NOT NULL,
-            ccd_row        smallint NOT NULL,
-            ac_pixel       smallint NOT NULL,
-            ra             double precision NOT NULL,     -- deg, ICRS
-            dec            double precision NOT NULL,     -- deg
-            pos_err_mas    real,
-            g_flux         real,                          -- e-/s
-            g_flux_err     real,
-            g_mag          real,
-            g_mag_err      real,
-            n_good         smallint NOT NULL,             -- windows used
-            flags          integer  NOT NULL,
-            match_dist_mas real,
-            ambiguous      boolean  NOT NULL,
-            PRIMARY KEY (healpix, source_id, obt),
-            CONSTRAINT transits_healpix_of_source CHECK (healpix = source_id >> %1$s)
-        ) PARTITION BY RANGE (healpix)$sql$, shift);
+    CREATE TABLE IF NOT EXISTS transits (
+        source_id      bigint   NOT NULL,
+        healpix        integer  NOT NULL,
+        obt            double precision NOT NULL,     -- mean on-board time of the transit's windows
+        t              double precision NOT NULL,     -- UTC mission seconds
+        chunk_id       bigint   NOT NULL,
+        revision       integer  NOT NULL,
+        apid           smallint NOT NULL,             -- provenance: the star packet
+        seq            integer  NOT NULL,
+        fov            smallint NOT NULL,
+        ccd_row        smallint NOT NULL,
+        ac_pixel       smallint NOT NULL,
+        ra             double precision NOT NULL,     -- deg, ICRS
+        dec            double precision NOT NULL,     -- deg
+        pos_err_mas    real,
+        g_flux         real,                          -- e-/s
+        g_flux_err     real,
+        g_mag          real,
+        g_mag_err      real,
+        n_good         smallint NOT NULL,             -- windows used
+        flags          integer  NOT NULL,
+        match_dist_mas real,
+        ambiguous      boolean  NOT NULL
+    ) PARTITION BY RANGE (healpix);
     CREATE INDEX IF NOT EXISTS transits_chunk ON transits (chunk_id);
 
     EXECUTE format('COMMENT ON COLUMN sources.healpix IS %L',
@@ -110,6 +114,21 @@ BEGIN
             END LOOP;
             COMMIT;  -- one group at a time: at most 4^(k - g) partitions' locks held
         END LOOP;
+    END LOOP;
+
+    -- Each of these reaches every partition in one transaction: it locks each leaf and group with the new
+    -- index (about 25,000 locks for a primary key at k = 5), fewer than a query over the whole table.
+    FOR tbl, con, ddl IN VALUES
+        ('sources', 'sources_pkey', 'PRIMARY KEY (healpix, source_id)'),
+        ('sources', 'sources_origin_check', $$CHECK (origin IN ('catalogue', 'new'))$$),
+        ('sources', 'sources_healpix_of_source', format('CHECK (healpix = source_id >> %s)', shift)),
+        ('transits', 'transits_pkey', 'PRIMARY KEY (healpix, source_id, obt)'),
+        ('transits', 'transits_healpix_of_source', format('CHECK (healpix = source_id >> %s)', shift))
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = tbl::regclass AND conname = con) THEN
+            EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', tbl, con, ddl);
+            COMMIT;
+        END IF;
     END LOOP;
 
     -- One row per chunk whose transits are loaded: the revision, its row count and the pixels (leaf
