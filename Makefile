@@ -25,10 +25,15 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The byte code is compiled on every core, and not for the test suites the packages ship or the Ansible
+# collections the roles do not use (15,000 of the 23,700 files): pip compiling everything took 101 s here,
+# installing without it and then this 35 + 22 s.
+NOT_COMPILED := /tests?/|/ansible_collections/(?!ansible/posix/|community/(postgresql|crypto|general)/)
 $(BIN)/soc: pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-compile -e '.[test]'
+	$(BIN)/python -m compileall -q -j 0 -x '$(NOT_COMPILED)' $(VENV)/lib
 	@touch $@
 
 venv: $(BIN)/soc
