@@ -32,7 +32,8 @@ class AttitudeGapError(ValueError):
 
 
 class NoTimeCorrelation(ValueError):
-    """No time-correlation packet with finite values: on-board times cannot be given a UTC."""
+    """No time-correlation packet to go by (none with finite values, or a single one without a usable clock
+    rate): on-board times cannot be given a UTC."""
 
 
 # --- time correlation ------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class TimeCorrelation:
             raise NoTimeCorrelation(f"no time-correlation point with a clock rate among {len(obt)} packet(s)")
         i = int(np.flatnonzero(one)[0])
         return cls(obt_ref=float(obt[i]), utc_ref=float(utc[i]), rate_inv=1.0 / float(rate[i]), rms_s=0.0,
-                   max_abs_s=0.0, n_points=len(obt), inliers=one & (np.arange(len(obt)) == i))  # fmt: skip
+                   max_abs_s=0.0, n_points=len(obt), inliers=np.arange(len(obt)) == i)  # fmt: skip
 
     def utc_of_obt(self, obt) -> np.ndarray:
         """On-board time (s) -> UTC mission seconds."""
