@@ -15,7 +15,7 @@ DAY    ?= 2016-08-01
 SCALE  ?= 0.001
 
 .PHONY: up test deps venv vault lint unit infra provision bench clean jenkins-golden acceptance infra-tests \
-	acceptance-tests unit-beside topology-tests
+	acceptance-tests unit-beside topology-tests topology-chain
 
 # Debian packages the project needs; installs only what is missing.
 deps:
@@ -73,23 +73,28 @@ infra: provision
 acceptance: provision
 	$(MAKE) --no-print-directory acceptance-tests
 
-# The whole suite: the linters while the topology is provisioned; then the topology's tests, and every
-# acceptance scenario last (they fail over and switch the primary back), on the small telemetry sets (within
-# the CI budget; the full-size sets: `make acceptance`, Jenkins' acceptance job), with the unit tests beside
-# them at a lower CPU priority (UNIT_NICE): the scenarios leave a fifth to a half of the CPU idle while they
-# wait for the environments, and the unit tests use throwaway servers of their own. The linters' and the
-# provisioning's output is shown as each ends; the topology's suites print as they go, the unit tests into
-# reports/unit.log (its summary shown when they end).
-UNIT_NICE ?= 5
+# The whole suite: the unit tests from the start, at a low CPU priority (UNIT_NICE), beside the topology's
+# chain: the linters while the topology is provisioned, then the topology's tests, and every acceptance
+# scenario last (they fail over and switch the primary back), on the small telemetry sets (within the CI
+# budget; the full-size sets: `make acceptance`, Jenkins' acceptance job). The chain is the longer one and
+# leaves part of the CPU idle all along (pip's downloads, the one-core schema migration, the scenarios'
+# waits for the environments): the unit tests, with throwaway servers of their own, fill it and take little
+# from the chain. The linters' and the provisioning's output is shown as each ends; the topology's suites
+# print as they go, the unit tests into reports/unit.log (its summary shown when they end).
+UNIT_NICE ?= 10
 test: vault
-	$(MAKE) --no-print-directory --output-sync=target -j2 lint provision
-	$(MAKE) --no-print-directory -j2 unit-beside topology-tests ACCEPTANCE_SIZE=small
+	$(MAKE) --no-print-directory -j2 unit-beside topology-chain ACCEPTANCE_SIZE=small
 
 unit-beside: venv
 	@mkdir -p reports
-	@echo "unit tests at nice $(UNIT_NICE) beside the topology's suites: reports/unit.log"
+	@echo "unit tests at nice $(UNIT_NICE) beside the topology's chain: reports/unit.log"
 	@nice -n $(UNIT_NICE) $(MAKE) --no-print-directory unit > reports/unit.log 2>&1; \
 	  status=$$?; echo "unit tests:"; tail -n 12 reports/unit.log; exit $$status
+
+# The linters while the topology is provisioned, then its suites.
+topology-chain:
+	$(MAKE) --no-print-directory --output-sync=target -j2 lint provision
+	$(MAKE) --no-print-directory topology-tests
 
 # One after the other (each line its own make: never side by side, whatever -j the caller gave).
 topology-tests:

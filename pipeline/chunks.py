@@ -76,26 +76,31 @@ class ChunkState:
         return "complete" if self.complete else "deadline" if self.deadline_passed else "flush"
 
 
-# COPY BINARY tuple of (apid smallint, seq integer, obt double precision): field count, (length, value) each.
-_KEY_TUPLE = np.dtype([("nf", ">i2"), ("l0", ">i4"), ("apid", ">i2"), ("l1", ">i4"), ("seq", ">i4"),
-                       ("l2", ">i4"), ("obt", ">f8")])  # fmt: skip
-_COPY_HEADER_LEN = 19  # signature, flags, header extension length (0)
+# A packet's key as the server sends it (int2send, int4send, float8send: big-endian, no padding).
+_KEY = np.dtype([("apid", ">i2"), ("seq", ">i4"), ("obt", ">f8")])
+# One bytea of keys per APID, in no particular order: the server reads the primary key's index and neither
+# sorts (the rows in (apid, obt, seq) order spilled a sort to disk: 1.0 s of the server per read of 790,000
+# keys) nor sends a message per row (a COPY: 0.7 s of Python per read); numpy orders them. Bound: a bytea
+# holds at most 1 GB, 76 million packets of one APID.
+_KEYS_SQL = (
+    "SELECT string_agg(int2send(apid) || int4send(seq) || float8send(obt), ''::bytea)"
+    " FROM raw_packets GROUP BY apid"
+)
 
 
 def _keys(conn: psycopg.Connection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(apid, seq, obt) of every ingested packet, sorted by (apid, obt, seq): a binary COPY read with numpy.
+    """(apid, seq, obt) of every ingested packet, sorted by (apid, obt, seq).
 
     Packets of several windows share an on-board time; their sequence counts order them (gap_chunks reads
     consecutive rows). A wrap of the count (16383 -> 0) within one on-board time would still read as a gap."""
-    with conn.cursor().copy(
-        "COPY (SELECT apid, seq, obt FROM raw_packets ORDER BY apid, obt, seq) TO STDOUT (FORMAT BINARY)"
-    ) as copy:
-        data = b"".join(bytes(b) for b in copy)
-    body = data[_COPY_HEADER_LEN:-2]  # without the header and the trailer (-1 as a field count)
-    rec = np.frombuffer(body, _KEY_TUPLE)
-    if len(body) % _KEY_TUPLE.itemsize or (rec["nf"] != 3).any() or (rec["l0"] != 2).any():
-        raise RuntimeError("raw_packets keys: unexpected COPY BINARY layout")  # never NULL: NOT NULL columns
-    return rec["apid"].astype(np.int64), rec["seq"].astype(np.int64), rec["obt"].astype(float)
+    rows = conn.cursor(binary=True).execute(_KEYS_SQL).fetchall()
+    rec = np.frombuffer(b"".join(bytes(b) for (b,) in rows), _KEY)
+    order = np.lexsort((rec["seq"], rec["obt"], rec["apid"]))
+    return (
+        rec["apid"][order].astype(np.int64),
+        rec["seq"][order].astype(np.int64),
+        rec["obt"][order].astype(float),
+    )
 
 
 def chunk_of(obt, chunk_s: float) -> np.ndarray:
@@ -208,42 +213,88 @@ def reduce_due(conn: psycopg.Connection, reducer: Reducer, flush: bool = False) 
 def reduce_due_parallel(
     dsn: str, make_reducer: Callable, workers: int, flush: bool = False
 ) -> list[tuple[int, int, str]]:
-    """reduce_due with `workers` chunk revisions reduced at a time (one per database core).
+    """reduce_due with `workers` chunk revisions reduced at a time (one per database core): one
+    ReductionPool's round (see there), its worker processes stopped after it."""
+    with ReductionPool(dsn, make_reducer, workers) as pool:
+        return pool.reduce_due(flush)
 
-    This process is one of the workers and starts workers - 1 others (fresh interpreters): it reduces
-    chunks from the start, while the others are still importing, so their start-up costs one core for
-    about a second rather than every core. Chunks are handed out one at a time, in due order, to whichever
-    worker is free and started, and never more than `workers` consecutive due chunks are in progress (a
-    chunk starts only when every chunk `workers` places before it is done): chunks reduced at the same time
-    are neighbours in time, as one worker per chunk in lockstep would give, not chunks of the same sky.
-    make_reducer(conn) builds each worker's reducer (a picklable top-level callable or partial). The result
-    is in the order of the due chunks, as reduce_due gives it.
+
+class ReductionPool:
+    """Rounds of reduce_due with `workers` chunk revisions reduced at a time, the workers kept between
+    rounds: a watcher reduces after every delivery, and a fresh worker (an interpreter importing the science
+    stack, connecting and making its reducer) took 1.8-2.0 s of CPU here each time, before its catalogue
+    cache (pipeline.simulate.sky.Sky) was warm again.
+
+    This process is one of the workers and starts workers - 1 others (fresh interpreters) the first time a
+    round has two due chunks or more: it reduces chunks from the start, while the others are still
+    importing, so their start-up costs one core for about a second rather than every core. Chunks are handed
+    out one at a time, in due order, to whichever worker is free and started, and never more than `workers`
+    consecutive due chunks are in progress (a chunk starts only when every chunk `workers` places before it
+    is done): chunks reduced at the same time are neighbours in time, as one worker per chunk in lockstep
+    would give, not chunks of the same sky. make_reducer(conn) builds each worker's reducer (a picklable
+    top-level callable or partial), once per process. A worker whose connection was lost connects again
+    before its next chunk; a round that fails stops the workers (the next round starts new ones). The result
+    of a round is in the order of the due chunks, as reduce_due gives it.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        reducer = make_reducer(conn)
-        _recover(conn, reducer)
-        chunk_s, h, due = _plan(conn, flush)
-        if workers <= 1 or len(due) <= 1:
-            return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
-        plan = _Handout(len(due), workers)
-        results: dict[int, tuple[int, int, str] | None] = {}
-        errors: list[BaseException] = []
 
-        def feed(pool: ProcessPoolExecutor) -> None:  # keeps one other worker busy
-            try:
-                pool.submit(_worker_ready).result()  # a chunk never waits for a worker that is starting
-                while (i := plan.take()) is not None:
-                    results[i] = pool.submit(_worker_reduce, due[i], chunk_s, h).result()
-                    plan.done(i)
-            except BaseException as exc:  # reported by the calling thread below
-                plan.stop()
-                errors.append(exc)
+    def __init__(self, dsn: str, make_reducer: Callable, workers: int):
+        self.dsn, self.make_reducer, self.workers = dsn, make_reducer, workers
+        self._reducer: Reducer | None = None  # this process's, built at the first round
+        self._pool: ProcessPoolExecutor | None = None
 
-        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no connection shared across a fork
-        with ProcessPoolExecutor(
-            workers - 1, mp_context=ctx, initializer=_worker_init, initargs=(dsn, make_reducer)
-        ) as pool:
-            feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(workers - 1)]
+    def __enter__(self) -> ReductionPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes (a next round starts new ones); this process's reducer is made again."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool, self._reducer = None, None
+
+    def reduce_due(self, flush: bool = False) -> list[tuple[int, int, str]]:
+        """One round: every chunk due now -> [(chunk_id, revision, reason)]."""
+        try:
+            return self._round(flush)
+        except BaseException:
+            self.close()  # workers in an unknown state (a lost server, a failed chunk): new ones next round
+            raise
+
+    def _round(self, flush: bool) -> list[tuple[int, int, str]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            if self._reducer is None:
+                self._reducer = self.make_reducer(conn)
+            reducer = self._reducer
+            _recover(conn, reducer)
+            chunk_s, h, due = _plan(conn, flush)
+            if self.workers <= 1 or len(due) <= 1:
+                return [r for st in due if (r := _reduce_one(conn, reducer, st, chunk_s, h)) is not None]
+            if self._pool is None:
+                ctx = multiprocessing.get_context(
+                    "spawn"
+                )  # fresh interpreters: no connection shared across a fork
+                self._pool = ProcessPoolExecutor(
+                    self.workers - 1, mp_context=ctx, initializer=_worker_init,
+                    initargs=(self.dsn, self.make_reducer),
+                )  # fmt: skip
+            pool = self._pool
+            plan = _Handout(len(due), self.workers)
+            results: dict[int, tuple[int, int, str] | None] = {}
+            errors: list[BaseException] = []
+
+            def feed() -> None:  # keeps one other worker busy
+                try:
+                    pool.submit(_worker_ready).result()  # a chunk never waits for a worker that is starting
+                    while (i := plan.take()) is not None:
+                        results[i] = pool.submit(_worker_reduce, due[i], chunk_s, h).result()
+                        plan.done(i)
+                except BaseException as exc:  # reported by the calling thread below
+                    plan.stop()
+                    errors.append(exc)
+
+            feeders = [threading.Thread(target=feed, daemon=True) for _ in range(self.workers - 1)]
             for t in feeders:
                 t.start()
             try:
@@ -254,9 +305,9 @@ def reduce_due_parallel(
                 plan.stop()  # the end, or a failure here: no new chunk for the others either
                 for t in feeders:
                     t.join()
-        if errors:
-            raise errors[0]
-        return [r for _, r in sorted(results.items()) if r is not None]
+            if errors:
+                raise errors[0]
+            return [r for _, r in sorted(results.items()) if r is not None]
 
 
 class _Handout:
@@ -302,15 +353,27 @@ _worker: dict = {}
 
 def _worker_init(dsn: str, make_reducer: Callable) -> None:
     conn = psycopg.connect(dsn, autocommit=True)
-    _worker.update(conn=conn, reducer=make_reducer(conn))
+    _worker.update(dsn=dsn, conn=conn, reducer=make_reducer(conn))
 
 
 def _worker_ready() -> None:
     """A no-op: returns once a worker process has started (its initializer has run)."""
 
 
+def _worker_conn() -> psycopg.Connection:
+    """The worker's connection, made again when the server went away since its last chunk (a restart, a
+    failover): a round-trip per chunk (a chunk's reduction takes a tenth of a second or more)."""
+    conn = _worker["conn"]
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        conn.close()
+        conn = _worker["conn"] = psycopg.connect(_worker["dsn"], autocommit=True)
+    return conn
+
+
 def _worker_reduce(st: ChunkState, chunk_s: float, h: float):
-    return _reduce_one(_worker["conn"], _worker["reducer"], st, chunk_s, h)
+    return _reduce_one(_worker_conn(), _worker["reducer"], st, chunk_s, h)
 
 
 def _recover(conn: psycopg.Connection, reducer: Reducer) -> None:

@@ -6,8 +6,12 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline import __version__
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `soc --help` stays quick
+    from pipeline.chunks import ReductionPool
 
 
 def _kinds(value: str, known: tuple[str, ...]) -> tuple[str, ...]:
@@ -134,6 +138,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     if database != state.database:
                         state.taken.clear()
                         state.database = database
+                        state.close_reduction()
                     for path in pending_files(watch, "arrival"):
                         seen = _delivery_stat(path)
                         if seen is None or state.taken.get(path.name) == seen:
@@ -192,6 +197,14 @@ class _WatchState:
     # again at every look while they stay in the landing; another database takes each once more
     taken: dict[str, tuple] = field(default_factory=dict)
     database: tuple | None = None  # DATABASE_IDENTITY of the database `taken` refers to
+    # the reduction's worker processes, kept from one reduction to the next while the DSN and the database
+    # stay the same (pipeline.chunks.ReductionPool)
+    reduction: ReductionPool | None = None
+
+    def close_reduction(self) -> None:
+        if self.reduction is not None:
+            self.reduction.close()
+            self.reduction = None
 
 
 # The database a watcher writes to: its server's start (a clone is a server of its own) and its oid.
@@ -221,8 +234,13 @@ def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _Watc
 
     if not (args.reduce and state.to_reduce and time.monotonic() >= state.retry_at):
         return
+    dsn = _dsn(args)
+    if state.reduction is not None and state.reduction.dsn != dsn:
+        state.close_reduction()
+    if state.reduction is None:
+        state.reduction = _reduction_pool(dsn, str(outbox) if outbox else None, args.workers)
     try:
-        done = _reduce(_dsn(args), str(outbox) if outbox else None, args.workers)
+        done = state.reduction.reduce_due()
     except Exception as exc:  # a long-running service: report, keep ingesting, retry later
         print(f"soc ingest: reduction failed, retrying in {REDUCE_RETRY_S:.0f} s: {exc!r}", file=sys.stderr)
         state.retry_at = time.monotonic() + REDUCE_RETRY_S
@@ -272,15 +290,20 @@ def _cmd_local_db(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reduce(dsn: str, outbox: str | None, workers: int | None = None, flush: bool = False) -> list:
+def _reduction_pool(dsn: str, outbox: str | None, workers: int | None = None) -> ReductionPool:
     import functools
     import os
 
-    from pipeline.chunks import reduce_due_parallel
+    from pipeline.chunks import ReductionPool
     from pipeline.reduction import make_reducer
 
     workers = workers or os.cpu_count() or 1  # one worker per core
-    return reduce_due_parallel(dsn, functools.partial(make_reducer, outbox=outbox), workers, flush)
+    return ReductionPool(dsn, functools.partial(make_reducer, outbox=outbox), workers)
+
+
+def _reduce(dsn: str, outbox: str | None, workers: int | None = None, flush: bool = False) -> list:
+    with _reduction_pool(dsn, outbox, workers) as pool:
+        return pool.reduce_due(flush)
 
 
 def _cmd_reduce(args: argparse.Namespace) -> int:

@@ -1,13 +1,19 @@
 """Time-ordered chunks against a real PostgreSQL: completeness, deadlines, revisions on late data."""
 
+import os
+import time
+
 import numpy as np
 import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.chunks import chunk_states, gap_chunks, reduce_due
+from pipeline.chunks import ReductionPool, chunk_states, gap_chunks, reduce_due
+from pipeline.db.server import THROWAWAY_SETTINGS, LocalServer
 from pipeline.intake import ingest_file, pending_files
 from pipeline.telemetry.decode import decode_pass
+
+from .conftest import migrated_database
 
 
 def _count_stars(conn, chunk_id, revision, packets):
@@ -122,6 +128,55 @@ def test_the_current_revisions_do_not_depend_on_arrival_order(faulty_day, new_db
     common = set(first) & set(second)
     assert len(common) >= len(due_first) > 5
     assert {c: first[c] for c in common} == {c: second[c] for c in common}
+
+
+def _count_stars_where(conn, chunk_id, revision, packets):
+    """_count_stars, recording the process that reduced the chunk, and taking a fifth of a second as a
+    reduction does (the other worker is started while this process reduces, and then takes part)."""
+    conn.execute("INSERT INTO reduced_by VALUES (%s, %s)", (chunk_id, os.getpid()))
+    time.sleep(0.2)
+    return _count_stars(conn, chunk_id, revision, packets)
+
+
+def _make_count_stars_where(conn):
+    return _count_stars_where
+
+
+def test_a_reduction_pool_keeps_its_workers_between_rounds_and_outlasts_a_server_restart(faulty_day):
+    """A watcher's reduction rounds (pipeline.chunks.ReductionPool): the second round is reduced by the
+    workers the first started, although the server restarted in between (their connections were lost), and
+    the chunks end as one process reducing after each batch leaves them."""
+    files = pending_files(faulty_day / "passes")
+    batches = files[: len(files) // 3], files[len(files) // 3 :]
+    with LocalServer(settings=THROWAWAY_SETTINGS) as server:
+        dsns = [migrated_database(server, name, {"chunk_seconds": 1800, "healpix_order": 2})
+                for name in ("soc_pool", "soc_one_process")]  # fmt: skip
+        for dsn in dsns:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE reduced_by (chunk_id bigint, pid int)")
+            _tight_deadline(dsn)
+        rounds = []
+        with ReductionPool(dsns[0], _make_count_stars_where, workers=2) as pool:
+            for i, batch in enumerate(batches):
+                _ingest(dsns[0], batch)
+                if i:
+                    server.stop()
+                    server.start()
+                done = pool.reduce_due()
+                with psycopg.connect(dsns[0]) as conn:
+                    pids = {p for (p,) in conn.execute("SELECT DISTINCT pid FROM reduced_by")}
+                    conn.execute("DELETE FROM reduced_by")
+                    conn.commit()
+                rounds.append((done, pids - {os.getpid()}))
+        for batch in batches:
+            _ingest(dsns[1], batch)
+            with psycopg.connect(dsns[1], autocommit=True) as conn:
+                reduce_due(conn, _count_stars_where)
+        pooled, one_process = _current(dsns[0]), _current(dsns[1])
+    (first, first_workers), (second, second_workers) = rounds
+    assert len(first) > 2 and len(second) > 2
+    assert len(first_workers) == 1 and second_workers == first_workers  # one other worker, kept
+    assert pooled == one_process
 
 
 def test_parallel_handout_keeps_the_chunks_in_progress_together():
