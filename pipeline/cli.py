@@ -227,8 +227,8 @@ def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _Watc
 
     Chunks become due only when data arrives (deadlines are in on-board time), so reducing after each
     delivery that ingested something reduces every due chunk. A failed reduction is reported and retried
-    after REDUCE_RETRY_S seconds, or at once after a delivery that ingests something; intake goes on
-    meanwhile (telemetry is never held up by a reduction problem).
+    after --retry-after seconds (REDUCE_RETRY_S), or at once after a delivery that ingests something;
+    intake goes on meanwhile (telemetry is never held up by a reduction problem).
     """
     import time
 
@@ -242,8 +242,8 @@ def _reduce_in_watch(args: argparse.Namespace, outbox: Path | None, state: _Watc
     try:
         done = state.reduction.reduce_due()
     except Exception as exc:  # a long-running service: report, keep ingesting, retry later
-        print(f"soc ingest: reduction failed, retrying in {REDUCE_RETRY_S:.0f} s: {exc!r}", file=sys.stderr)
-        state.retry_at = time.monotonic() + REDUCE_RETRY_S
+        print(f"soc ingest: reduction failed, retrying in {args.retry_after:g} s: {exc!r}", file=sys.stderr)
+        state.retry_at = time.monotonic() + args.retry_after
         return
     for chunk_id, revision, reason in done:
         print(f"chunk {chunk_id} revision {revision} ({reason})")
@@ -681,6 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.add_argument("--outbox", help="with --reduce: directory for the chunk products (default: configured)")
     ing.add_argument("--workers", type=int, help="with --reduce: chunk revisions reduced in parallel")
+    ing.add_argument(
+        "--retry-after", type=float, default=REDUCE_RETRY_S, metavar="SECONDS",
+        help=f"with --reduce: a failed reduction is tried again after this long, or at once when a delivery"
+        f" brings data (default {REDUCE_RETRY_S:g})",
+    )  # fmt: skip
     ing.set_defaults(func=_cmd_ingest)
 
     tee = sub.add_parser(

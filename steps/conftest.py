@@ -12,8 +12,11 @@ fixture as the testinfra suite), `SOC_INVENTORY` choosing another one.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +25,7 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 from pytest_bdd import given, parsers, then, when
+from pytest_bdd.scenario import scenario_wrapper_template_registry
 
 from pipeline.alerts.gaia_lightcurves import lightcurve_paths, read_lightcurve
 from pipeline.alerts.realdata import replay_all
@@ -31,10 +35,11 @@ from pipeline.chunks import horizon
 from steps.environments import Harness, describe
 from steps.release_gate import *  # noqa: F403  (the release gate's steps and fixtures)
 from steps.replication import *  # noqa: F403  (the replication feature's steps and fixtures)
-from steps.telemetry import SETS, SIZES, DayAllocator, TelemetrySet, make_set, sets_of_size
+from steps.telemetry import SCENARIO_SETS, SETS, SIZES, DayAllocator, TelemetrySet, make_set, sets_of_size
 from tests.infra.conftest import live_primary, superuser_query, topology  # noqa: F401  (the fixture)
 
 OUTLINE_SETS = pytest.StashKey[list]()
+SESSION_SETS = pytest.StashKey[list]()
 INTAKE_TABLES = ["deliveries", "packet_ledger", "quarantine", "raw_packets"]
 
 
@@ -48,13 +53,20 @@ def pytest_addoption(parser):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """The telemetry sets of the selected examples of validation_vs_operations: delivered together."""
-    sets: list[str] = []
+    """The telemetry sets of the selected examples of validation_vs_operations (delivered together), and
+    every set the selected scenarios replay, in the order they run (simulated ahead: `telemetry`)."""
+    outline: list[str] = []
+    session: list[str] = []
     for item in items:
         example = getattr(getattr(item, "callspec", None), "params", {}).get("_pytest_bdd_example") or {}
-        if example.get("telemetry") in SETS and example["telemetry"] not in sets:
-            sets.append(example["telemetry"])
-    config.stash[OUTLINE_SETS] = sets
+        if example.get("telemetry") in SETS and example["telemetry"] not in outline:
+            outline.append(example["telemetry"])
+        scenario = scenario_wrapper_template_registry.get(getattr(item, "obj", None))
+        for name in [example.get("telemetry"), *SCENARIO_SETS.get(getattr(scenario, "name", ""), ())]:
+            if name in SETS and name not in session:
+                session.append(name)
+    config.stash[OUTLINE_SETS] = outline
+    config.stash[SESSION_SETS] = session
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -76,26 +88,50 @@ def work(request) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+# Sets simulated at a time ahead of the scenarios, at a lower CPU priority than the environments' services:
+# they use the CPU the scenarios leave idle (a clone's take, a playbook, a comparison) and are ready when a
+# scenario comes to them.
+AHEAD_WORKERS = 2
+AHEAD_NICE = 5
+
+
+def _ahead_init() -> None:
+    os.nice(AHEAD_NICE)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def telemetry(harness, work, request):
     """telemetry(name) -> TelemetrySet: simulated once per session, on days operations has none of, at
-    the session's --telemetry-size."""
+    the session's --telemetry-size. The sets of the selected scenarios get their days at the session's
+    start, in the order the scenarios run, and are simulated from then on (autouse: while the first clone
+    is taken too), in that order, beside the scenarios."""
     specs = sets_of_size(request.config.getoption("--telemetry-size"))
     settings = dict(harness.primary_query("SELECT key, value FROM soc_settings"))
     allocator = DayAllocator({n for (n,) in harness.primary_query("SELECT file_name FROM deliveries")},
                              int(settings["catalogue_seed"]))  # fmt: skip
     out = work / "telemetry"
     out.mkdir()
+    scale = float(settings["catalogue_scale"])
+    days = {name: allocator.take(specs[name]) for name in request.config.stash[SESSION_SETS]}
+    ahead_pool = ProcessPoolExecutor(AHEAD_WORKERS, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_ahead_init)  # fmt: skip
+    ahead = {
+        name: ahead_pool.submit(make_set, name, specs[name], day, allocator.seed, scale, out)
+        for name, day in days.items()
+    }
     made: dict[str, TelemetrySet] = {}
 
     def get(name: str) -> TelemetrySet:
         if name not in made:
-            spec = specs[name]
-            made[name] = make_set(name, spec, allocator.take(spec), allocator.seed,
-                                  float(settings["catalogue_scale"]), out)  # fmt: skip
+            if name in ahead:
+                made[name] = ahead[name].result()
+            else:  # a set no scenario declares (SCENARIO_SETS): simulated now
+                day = allocator.take(specs[name])
+                made[name] = make_set(name, specs[name], day, allocator.seed, scale, out)
         return made[name]
 
-    return get
+    yield get
+    ahead_pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,18 @@ SETS = {  # a day and a half: a day's contacts, wherever they fall
     # the failover drill: a day and a half, every fault (the watcher's resumption meets them all)
     "failover drill": SetSpec(days=1.5, faults=FAULT_KINDS, first_day=date(2016, 8, 5)),
 }
+# The sets each scenario replays besides an outline's examples (their `telemetry` column): a session
+# simulates the sets of its selected scenarios ahead, in the order the scenarios run (steps/conftest.py).
+SCENARIO_SETS = {
+    "Corrupt, truncated, duplicated, late and replayed passes": ("faulty days with a late pass",),
+    "A clone taken while operations ingests is consistent and recorded": ("cloning reference", "cloning"),
+    "Injected photometric events produce alert candidates": ("events day",),
+    "A candidate with a changed image-parameter setting fails the gate": ("changed-release day",),
+    "A candidate built from the revision operations runs passes the gate": ("identical-release day",),
+    "The primary is killed in the middle of an ingest: failover, resume, nothing lost or duplicated": (
+        "failover drill",
+    ),
+}
 # make test: every set a day long, which roughly halves its reduction
 SMALL_DAYS = 1.0
 SIZES = ("full", "small")

@@ -48,3 +48,19 @@ def test_a_set_is_given_a_day_with_contacts():
     for _ in range(20):
         d = allocator.take(SetSpec(days=1.0, first_day=date(2016, 9, 1)))
         assert _contacts(d, 1.0) >= MIN_CONTACTS
+
+
+def test_every_set_is_declared_by_the_scenario_that_replays_it():
+    """SCENARIO_SETS (what a session simulates ahead) names scenarios the features have, and every set is
+    replayed by one: a declared scenario's, or an example of an outline's `telemetry` column."""
+    import re
+    from pathlib import Path
+
+    from steps.telemetry import SCENARIO_SETS
+
+    text = "".join(p.read_text() for p in sorted((Path(__file__).parents[1] / "features").glob("*.feature")))
+    scenarios = set(re.findall(r"^\s*Scenario:\s*(.+?)\s*$", text, re.MULTILINE))
+    examples = set(re.findall(r"^\s*\|\s*([^|]+?)\s*\|\s*$", text, re.MULTILINE))
+    assert set(SCENARIO_SETS) <= scenarios, set(SCENARIO_SETS) - scenarios
+    declared = {name for names in SCENARIO_SETS.values() for name in names}
+    assert set(SETS) == declared | (examples & set(SETS)), set(SETS) - declared - examples

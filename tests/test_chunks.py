@@ -131,10 +131,16 @@ def test_the_current_revisions_do_not_depend_on_arrival_order(faulty_day, new_db
 
 
 def _count_stars_where(conn, chunk_id, revision, packets):
-    """_count_stars, recording the process that reduced the chunk, and taking a fifth of a second as a
-    reduction does (the other worker is started while this process reduces, and then takes part)."""
-    conn.execute("INSERT INTO reduced_by VALUES (%s, %s)", (chunk_id, os.getpid()))
-    time.sleep(0.2)
+    """_count_stars, recording the process that reduced the chunk (at once, on a connection of its own), and
+    waiting until another process has recorded one too (60 s at most): both workers take part in a round,
+    however long the other takes to start on a busy machine."""
+    with psycopg.connect(conn.info.dsn, autocommit=True) as side:
+        side.execute("INSERT INTO reduced_by VALUES (%s, %s)", (chunk_id, os.getpid()))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if side.execute("SELECT count(DISTINCT pid) FROM reduced_by").fetchone()[0] >= 2:
+                break
+            time.sleep(0.1)
     return _count_stars(conn, chunk_id, revision, packets)
 
 
@@ -152,9 +158,9 @@ def test_a_reduction_pool_keeps_its_workers_between_rounds_and_outlasts_a_server
         dsns = [migrated_database(server, name, {"chunk_seconds": 1800, "healpix_order": 2})
                 for name in ("soc_pool", "soc_one_process")]  # fmt: skip
         for dsn in dsns:
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("CREATE TABLE reduced_by (chunk_id bigint, pid int)")
             _tight_deadline(dsn)
+        with psycopg.connect(dsns[0], autocommit=True) as conn:
+            conn.execute("CREATE TABLE reduced_by (chunk_id bigint, pid int)")
         rounds = []
         with ReductionPool(dsns[0], _make_count_stars_where, workers=2) as pool:
             for i, batch in enumerate(batches):
@@ -171,7 +177,7 @@ def test_a_reduction_pool_keeps_its_workers_between_rounds_and_outlasts_a_server
         for batch in batches:
             _ingest(dsns[1], batch)
             with psycopg.connect(dsns[1], autocommit=True) as conn:
-                reduce_due(conn, _count_stars_where)
+                reduce_due(conn, _count_stars)
         pooled, one_process = _current(dsns[0]), _current(dsns[1])
     (first, first_workers), (second, second_workers) = rounds
     assert len(first) > 2 and len(second) > 2

@@ -205,23 +205,23 @@ def test_the_watcher_also_reduces_what_the_landed_data_made_due(faulty_day, new_
     assert res.returncode == 0 and "0 chunk revision(s) reduced" in res.stdout, res.stdout + res.stderr
 
 
-def _watcher(dsn: str, landing, log):
+def _watcher(dsn: str, landing, log, *options: str):
     cmd = [sys.executable, "-m", "pipeline.cli", "ingest", "--watch", str(landing), "--reduce",
-           "--workers", "2", "--interval", "0.2", "--dsn", dsn]  # fmt: skip
+           "--workers", "2", "--interval", "0.2", "--dsn", dsn, *options]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(faulty_day, new_db, tmp_path):
     """The watcher's first reduction fails (the working catalogue is not set yet: a clear error, retried
-    after REDUCE_RETRY_S); once it is set, the deliveries that land are reduced at once, not after the
-    retry delay: new data may be what a failed reduction lacked."""
-    from pipeline.cli import REDUCE_RETRY_S
-
+    after --retry-after seconds); once it is set, the deliveries that land are reduced at once, not after the
+    retry delay: new data may be what a failed reduction lacked. (A long delay: a test run at a low CPU
+    priority beside busy processes must not reach it.)"""
+    retry_after = 900.0
     dsn = new_db()
     landing, log = tmp_path / "landing", tmp_path / "watch.log"
     landing.mkdir()
     with open(log, "w") as out:
-        proc = _watcher(dsn, landing, out)
+        proc = _watcher(dsn, landing, out, "--retry-after", f"{retry_after:g}")
     try:
         _until(lambda: "reduction failed" in log.read_text(), proc, 60, "the first reduction failed", log)
         failed_at = time.monotonic()
@@ -231,7 +231,7 @@ def test_a_failed_reduction_is_tried_again_as_soon_as_a_delivery_brings_data(fau
                 "INSERT INTO soc_settings VALUES ('catalogue_seed', 11), ('catalogue_scale', 0.0003)"
             )
             deliver(pending_files(faulty_day / "passes"), landing)
-            before_retry = REDUCE_RETRY_S * 0.75 - (time.monotonic() - failed_at)
+            before_retry = retry_after * 0.75 - (time.monotonic() - failed_at)
             reduced = lambda: conn.execute("SELECT count(*) FROM chunks").fetchone()[0] > 0  # noqa: E731
             _until(reduced, proc, before_retry, "a chunk reduced well before the retry delay", log)
     finally:
@@ -275,15 +275,15 @@ def test_two_watchers_fed_by_one_tee_reduce_alike_however_their_looks_fall(fault
         for n, f in enumerate(files, 1):  # as a ground station delivers: data file, then sidecar
             deliver([f], incoming)
             tee.run_once()
-            _wait_quiet(dsns[0], n, proc, logs[0], 120)  # operations took this delivery alone
-        ops_chunks = _wait_quiet(dsns[0], len(files), proc, logs[0], 120)
+            _wait_quiet(dsns[0], n, proc, logs[0], 300)  # operations took this delivery alone
+        ops_chunks = _wait_quiet(dsns[0], len(files), proc, logs[0], 300)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     with open(logs[1], "w") as out:
         proc = _watcher(dsns[1], val, out)
     try:
-        val_chunks = _wait_quiet(dsns[1], len(files), proc, logs[1], 240)
+        val_chunks = _wait_quiet(dsns[1], len(files), proc, logs[1], 600)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

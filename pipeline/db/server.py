@@ -9,6 +9,7 @@ with postgresql-common (pg_createcluster), not by this module.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,28 @@ THROWAWAY_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_wr
 
 class ServerError(RuntimeError):
     pass
+
+
+def _share_priority(pidfile: Path) -> None:
+    """Give the server the CPU priority of the process that started it.
+
+    pg_ctl starts the server in a session of its own, and with the kernel's autogroup scheduling
+    (kernel.sched_autogroup_enabled) each session shares the CPU as one group, whatever its processes' nice
+    values: a server started by tests running at a lower priority (`make test`'s unit tests beside the
+    topology's suites) would take a full group's share. Its group gets the larger of this process's nice
+    and its group's; nothing to do without autogroups (the server inherited this process's nice)."""
+    try:
+        own = Path("/proc/self/autogroup").read_text()
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    match = re.search(r"nice (-?\d+)", own)
+    wanted = max(os.getpriority(os.PRIO_PROCESS, 0), int(match[1]) if match else 0)
+    if wanted > 0:
+        try:
+            Path(f"/proc/{pid}/autogroup").write_text(f"{wanted}\n")
+        except OSError:
+            pass  # best effort: the server runs, at a full share
 
 
 class LocalServer:
@@ -98,6 +121,7 @@ class LocalServer:
             if time.monotonic() > deadline:
                 raise ServerError(f"server did not accept connections within {timeout_s} s; see {self.log}")
             time.sleep(0.1)
+        _share_priority(self.data / "postmaster.pid")
         return self
 
     def stop(self, mode: str = "fast") -> None:
