@@ -15,6 +15,9 @@ in the eLog table). It
      (pgbench, --clients sessions, each transaction one INSERT of 100 rows of ~200 bytes) for --ingest-s
      seconds without clones, then again taking a clone every --ingest-every seconds, and compares the
      rates of the two runs, and within the second the rate inside the takes with the rate outside them;
+     first as fast as it goes (the ingest saturates the machine), then offered at fractions of that rate
+     (--loads: pgbench --rate), where it also compares the commit latencies (p50, p99) during the takes
+     with those of the run without clones;
   4. drops its tables, removes the base backup, and takes a fresh clone (so that the volume does not keep
      the bench's data in an old snapshot).
 
@@ -165,9 +168,13 @@ def basebackup(target_dir: str) -> float:
     return seconds
 
 
-def ingest(config: str | None, seconds: int, every: int | None, clients: int) -> tuple[list, list, list]:
-    """pgbench's fixed INSERT workload on the primary for `seconds`, a clone taken every `every` seconds
-    meanwhile (None: none) -> (transaction end times, clone windows, each take's phase timings)."""
+def ingest(
+    config: str | None, seconds: int, every: int | None, clients: int, tps: float | None = None
+) -> tuple[list, list, list]:
+    """pgbench's fixed INSERT workload on the primary for `seconds`, as fast as it goes or offered at tps
+    transactions a second, a clone taken every `every` seconds meanwhile (None: none) -> (each
+    transaction's (end time, latency in ms: from its scheduled start when offered), clone windows, each
+    take's phase timings)."""
     sql(
         "CREATE TABLE IF NOT EXISTS bench_clone_ingest (id bigserial, at timestamptz DEFAULT now(), "
         "payload text) WITH (autovacuum_enabled = false)"
@@ -197,7 +204,7 @@ def ingest(config: str | None, seconds: int, every: int | None, clients: int) ->
         th.start()
     as_postgres(
         [*on("operations"), f"{BIN}/pgbench", "-n", "-h", PRIMARY, "-c", str(clients), "-T", str(seconds),
-         "-f", script, "-l", f"--log-prefix={work}/log", DB],
+         "-f", script, "-l", f"--log-prefix={work}/log", *(["-R", f"{tps:.1f}"] if tps else []), DB],
         cwd=work,
     )  # fmt: skip
     if th:
@@ -207,27 +214,44 @@ def ingest(config: str | None, seconds: int, every: int | None, clients: int) ->
         with open(path) as fh:
             for line in fh:
                 f = line.split()
-                ends.append(int(f[4]) + int(f[5]) / 1e6)  # epoch s, us of the transaction's end
+                # epoch s and us of the transaction's end; its latency in us
+                ends.append((int(f[4]) + int(f[5]) / 1e6, int(f[2]) / 1e3))
     shutil.rmtree(work)
     sql("DROP TABLE bench_clone_ingest")
     return sorted(ends), windows, phases
 
 
-def ingest_with_and_without_clones(config: str | None, seconds: int, every: int, clients: int) -> dict:
+def percentile(values: list[float], q: float) -> float:
+    return round(statistics.quantiles(values, n=100)[q - 1], 2) if len(values) > 1 else float("nan")
+
+
+def ingest_with_and_without_clones(
+    config: str | None, seconds: int, every: int, clients: int, load: float, capacity_tps: float | None
+) -> dict:
     """The same workload twice, without clones and with one every `every` s: the rate over each whole run
     (what operations sees over a day), and within the run with clones, inside the takes vs outside them
-    (the worst case: the seconds a take lasts)."""
-    quiet, _, _ = ingest(config, seconds, None, clients)
-    ends, windows, phases = ingest(config, seconds, every, clients)
-    rate_quiet = len(quiet) / (quiet[-1] - quiet[0])
+    (the worst case: the seconds a take lasts). load 1: as fast as it goes (the ingest saturates the
+    machine); below 1: offered at that fraction of capacity_tps, the rate the same workload reached
+    without clones (a centre's ingest keeps up with its downlink and has headroom: does it keep up
+    during a take, and how much longer do its commits take?)."""
+    tps = capacity_tps * load if load < 1 else None
+    quiet, _, _ = ingest(config, seconds, None, clients, tps)
+    with_clones, windows, phases = ingest(config, seconds, every, clients, tps)
+    ends = [e for e, _ in with_clones]
+    rate_quiet = len(quiet) / (quiet[-1][0] - quiet[0][0])
     rate_with = len(ends) / (ends[-1] - ends[0])
     # the takes' windows within the span of the transactions (a take may end after the last one)
     windows = [(max(a, ends[0]), min(b, ends[-1])) for a, b in windows if a < ends[-1] and b > ends[0]]
-    inside = sum(1 for e in ends if any(a <= e < b for a, b in windows))
+    in_take = [latency for e, latency in with_clones if any(a <= e < b for a, b in windows)]
+    inside = len(in_take)
     t_inside = sum(b - a for a, b in windows)
     t_outside = (ends[-1] - ends[0]) - t_inside
     rate_in, rate_out = inside / t_inside, (len(ends) - inside) / t_outside
     return {
+        "load": f"{load:.2f} of capacity ({tps:.0f} transactions/s offered)" if tps else "as fast as it goes",
+        "tps_no_clones": round(rate_quiet, 1),
+        "latency_ms_no_clones_p50_p99": [percentile([lat for _, lat in quiet], q) for q in (50, 99)],
+        "latency_ms_during_take_p50_p99": [percentile(in_take, q) for q in (50, 99)],
         "takes": len(windows),
         "seconds_in_takes": round(t_inside, 1),
         "rows_per_s_no_clones": round(rate_quiet * 100),
@@ -252,6 +276,9 @@ def main() -> None:
     ap.add_argument("--ingest-s", type=int, default=60)
     ap.add_argument("--ingest-every", type=int, default=10)
     ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--loads", type=float, nargs="+", default=[1.0, 0.5],
+                    help="the ingest: 1 as fast as it goes (always run), below 1 offered at that fraction"
+                         " of the rate it reached without clones")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the bench data (no clean-up)")
     ap.add_argument("--layouts", nargs="+", choices=["shared", "split"], default=["shared", "split"],
                     help="the ingest's CPU layouts: shared, or split (the primary and pgbench on half the"
@@ -305,10 +332,16 @@ def main() -> None:
                 if LAYOUT
                 else "shared: every process on every CPU"
             )
-            print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s; {layout}", flush=True)
-            row = ingest_with_and_without_clones(args.config, args.ingest_s, args.ingest_every, args.clients)
-            ingests.append({"layout": layout, **row})
-            print(json.dumps(ingests[-1]), flush=True)
+            capacity = None  # measured by the first load, as fast as it goes
+            for load in sorted({1.0, *args.loads}, reverse=True):
+                print(f"ingest for {args.ingest_s} s, a clone every {args.ingest_every} s; {layout}; "
+                      f"load {load}", flush=True)  # fmt: skip
+                row = ingest_with_and_without_clones(
+                    args.config, args.ingest_s, args.ingest_every, args.clients, load, capacity
+                )
+                capacity = capacity or row["tps_no_clones"]
+                ingests.append({"layout": layout, **row})
+                print(json.dumps(ingests[-1]), flush=True)
             unpin()
     finally:
         unpin()
@@ -326,11 +359,14 @@ def main() -> None:
         )
     for ingest in ingests:
         print(
-            f"ingest, {ingest['layout']}\n"
+            f"ingest, {ingest['layout']}; {ingest['load']}\n"
             f"  over a run with a clone every {args.ingest_every} s / without: {ingest['run_ratio']:.3f} "
             f"({ingest['rows_per_s_with_clones']} vs {ingest['rows_per_s_no_clones']} rows/s)\n"
             f"  during a take / outside the takes: {ingest['take_ratio']:.3f} "
-            f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_outside_takes']} rows/s)"
+            f"({ingest['rows_per_s_during_take']} vs {ingest['rows_per_s_outside_takes']} rows/s)\n"
+            f"  commit latency p50/p99 during a take vs without clones: "
+            f"{'/'.join(map(str, ingest['latency_ms_during_take_p50_p99']))} vs "
+            f"{'/'.join(map(str, ingest['latency_ms_no_clones_p50_p99']))} ms"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 
@@ -19,14 +20,18 @@ def clone_host(topology) -> str:
     return topology.groups["validation_hosts"][0]
 
 
+def clone_status() -> dict:
+    run = subprocess.run(["/usr/local/sbin/soc-clone", "status"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
 def test_the_clone_is_a_promoted_server(topology, clone_host):
     assert superuser_query(topology, clone_host, "SELECT pg_is_in_recovery()") == [["f"]]
 
 
 def test_the_clone_is_a_snapshot_of_the_standbys_volume(topology, clone_host):
-    run = subprocess.run(["/usr/local/sbin/soc-clone", "status"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    status = json.loads(run.stdout)
+    status = clone_status()
     assert status["running"] and status["last"]["ok"] and status["last"]["source"]["standby"]
     show = subprocess.run(["btrfs", "subvolume", "show", status["clone"]], capture_output=True, text=True)
     parent = [line.split()[-1] for line in show.stdout.splitlines() if "Parent UUID" in line]
@@ -89,3 +94,59 @@ def test_the_standbys_wal_is_off_the_copy_on_write_volume(topology):
         pg_wal = os.path.join(topology.var(host, "postgresql_data_directory"), "pg_wal")
         assert os.path.islink(pg_wal) and os.path.realpath(pg_wal) == wal_dir
         assert not wal_dir.startswith(topology.var(host, "cow_mount").rstrip("/") + "/")
+
+
+def test_the_clone_runs_below_operations(topology, clone_host):
+    """Operations first on a shared host: the clone's server (its WAL replay, the verification) runs at
+    nice 19, and so does its session's group, where the kernel schedules by autogroups (pg_ctl starts
+    the server in a session of its own, whose group would otherwise get a full share of the CPU)."""
+    data = superuser_query(topology, clone_host, "SHOW data_directory")[0][0]
+    with open(os.path.join(data, "postmaster.pid")) as fh:
+        postmaster = int(fh.readline())
+    assert os.getpriority(os.PRIO_PROCESS, postmaster) == 19
+    if os.path.exists(f"/proc/{postmaster}/autogroup"):
+        with open(f"/proc/{postmaster}/autogroup") as fh:
+            assert re.search(r"\bnice 19$", fh.read().strip()), "the server's autogroup is not at nice 19"
+
+
+def lsn_segment(lsn: str, segment_bytes: int) -> int:
+    high, low = (int(part, 16) for part in lsn.split("/"))
+    return ((high << 32) | low) // segment_bytes
+
+
+def test_a_clone_copies_only_the_wal_it_replays(topology, clone_host):
+    """The standby's WAL directory also holds recycled segments (old WAL under future names, up to
+    max_wal_size): the clone's copy runs from its redo point to the segment the standby had flushed
+    when it was taken, never beyond."""
+    status = clone_status()
+    source = status["last"]["source"]
+    standby = topology.groups["db_replica"][0]
+    segment_bytes = int(superuser_query(topology, standby, "SELECT setting FROM pg_settings "
+                                        "WHERE name = 'wal_segment_size'")[0][0])  # fmt: skip
+    data = superuser_query(topology, clone_host, "SHOW data_directory")[0][0]
+    base_wal = os.path.join(status["base"], os.path.relpath(data, status["clone"]), "pg_wal")
+    segments = [int(n[8:16], 16) * (0x100000000 // segment_bytes) + int(n[16:], 16)
+                for n in os.listdir(base_wal) if re.fullmatch(r"[0-9A-F]{24}", n)]  # fmt: skip
+    assert segments, "the clone's snapshot has no WAL of its own"
+    assert min(segments) == lsn_segment(source["redo_lsn"], segment_bytes)
+    assert lsn_segment(source["replay_lsn"], segment_bytes) <= max(segments)
+    assert max(segments) <= lsn_segment(source["wal_end_lsn"], segment_bytes)
+    assert source["wal_copied_bytes"] == len(segments) * segment_bytes
+
+
+def test_a_reset_brings_back_the_clone_of_the_last_take(topology, clone_host):
+    """soc-clone reset (clone.yml -e clone_action=reset): the clone as the last take left it, for a second
+    validation run on the same data; what was written in it since is gone."""
+    taken = clone_status()["last"]
+    table = f"reset_probe_{secrets.token_hex(4)}"
+    with connect(topology, clone_host, "soc_validation") as clone:
+        clone.execute(f"CREATE TABLE {table} (x int)")
+    run = subprocess.run(["/usr/local/sbin/soc-clone", "reset"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr or run.stdout
+    reset = json.loads(run.stdout)
+    assert reset["ok"] and reset["action"] == "reset"
+    assert reset["source"] == taken["source"]
+    assert superuser_query(
+        topology, clone_host, f"SELECT count(*) FROM pg_class WHERE relname = '{table}'"
+    ) == [["0"]]
+    assert superuser_query(topology, clone_host, "SELECT pg_is_in_recovery()") == [["f"]]

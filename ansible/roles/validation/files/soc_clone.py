@@ -162,20 +162,7 @@ class Clone:
         )
 
     def pg_ctl(self, action: str, *extra: str, check=True):
-        """pg_ctl on the clone's data directory, as the cluster owner. pg_ctlcluster start would cost 2 s
-        more: after pg_ctl it sleeps 0.5 s, then probes the socket until three connections in a row
-        succeed, 0.5 s apart. The start options are the ones pg_ctlcluster gives pg_ctl."""
-        if action == "start":
-            conf = f"/etc/postgresql/{self.version}/{self.cfg['cluster']}"
-            extra = (
-                "-l",
-                self.cfg.get("log_file")
-                or f"/var/log/postgresql/postgresql-{self.version}-{self.cfg['cluster']}.log",
-                "-o",
-                f'-c config_file="{conf}/postgresql.conf" -c external_pid_file='
-                f'"/var/run/postgresql/{self.version}-{self.cfg["cluster"]}.pid"',
-                *extra,
-            )
+        """pg_ctl on the clone's data directory, as the cluster owner."""
         return self.run(
             [f"{self.bindir}/pg_ctl", action, "-D", self.data, "-s", *extra],
             as_owner=True,
@@ -320,6 +307,55 @@ class Clone:
             os.nice(int(self.cfg["nice"]))
             self.run(["ionice", "-c", "2", "-n", "7", "-p", str(os.getpid())], check=False)
 
+    def start_server(self) -> None:
+        """pg_ctl start -w with the options pg_ctlcluster gives it (pg_ctlcluster start would cost 2 s more:
+        after pg_ctl it sleeps 0.5 s, then probes the socket until three connections in a row succeed,
+        0.5 s apart), the server put at soc-clone's priority as soon as it has a pid, before the WAL replay
+        that makes most of a start. pg_ctl starts it in a session of its own, and with the kernel's
+        autogroup scheduling (kernel.sched_autogroup_enabled) a session's processes share the CPU as one
+        group whatever their nice: the clone's replay would take as much CPU as the standby's walreceiver,
+        which operations' synchronous commits wait for. Its group gets soc-clone's nice."""
+        conf = f"/etc/postgresql/{self.version}/{self.cfg['cluster']}"
+        log = (
+            self.cfg.get("log_file")
+            or f"/var/log/postgresql/postgresql-{self.version}-{self.cfg['cluster']}.log"
+        )
+        options = (
+            f'-c config_file="{conf}/postgresql.conf" '
+            f'-c external_pid_file="/var/run/postgresql/{self.version}-{self.cfg["cluster"]}.pid"'
+        )
+        proc = self.popen(
+            [f"{self.bindir}/pg_ctl", "start", "-D", self.data, "-s", "-l", log, "-o", options,
+             "-w", "-t", str(self.cfg["timeout"])]
+        )  # fmt: skip
+        pidfile, pid = os.path.join(self.data, "postmaster.pid"), None
+        while proc.poll() is None:
+            if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
+                self.lower_group_priority(pid)
+            time.sleep(0.005 if pid is None else 0.05)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise Failed(f"pg_ctl start exit {proc.returncode}: {(err or out).strip()[-2000:]}")
+        if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
+            self.lower_group_priority(pid)
+
+    @staticmethod
+    def postmaster_pid(pidfile: str) -> int | None:
+        try:
+            with open(pidfile) as fh:
+                return int(fh.readline())
+        except (OSError, ValueError):  # not written yet, or half written
+            return None
+
+    def lower_group_priority(self, pid: int) -> None:
+        nice = int(self.cfg["nice"])
+        if nice > 0:
+            try:
+                with open(f"/proc/{pid}/autogroup", "w") as fh:
+                    fh.write(f"{nice}\n")
+            except OSError:  # no autogroups in this kernel: the server inherited soc-clone's nice
+                pass
+
     def take(self, reset: bool = False) -> dict:
         t_start = time.monotonic()
         self.lower_priority()
@@ -347,21 +383,25 @@ class Clone:
 
         if reset:
             source = self.read_base_state()
+            with self.phase("snapshot"):
+                self.run(["btrfs", "subvolume", "snapshot", self.base, self.subvol])
         else:
             with self.phase("checkpoint"):
                 source = self.checkpoint_source()
             with self.phase("snapshot"):
-                self.run(["btrfs", "subvolume", "snapshot", self.cfg["source_subvolume"], self.base])
+                self.run(["btrfs", "subvolume", "snapshot", self.cfg["source_subvolume"], self.subvol])
+            # the WAL goes into the clone itself, whose page cache the replay then reads it from (a snapshot's
+            # files have a page cache of their own); the base, for resets, is a read-only snapshot of the
+            # clone as it is about to start, with the source's state
             with self.phase("wal"):
-                source["wal_copied_bytes"] = self.own_wal(os.path.join(self.base, self.data_rel))
+                source.update(self.own_wal(self.data))
+            self.prepare_copy()
+            self.write_state(self.subvol, {"source": source})
             with self.phase("snapshot"):
-                self.run(["btrfs", "property", "set", "-ts", self.base, "ro", "true"])
-        with self.phase("snapshot"):
-            self.run(["btrfs", "subvolume", "snapshot", self.base, self.subvol])
-        self.prepare_copy()
+                self.run(["btrfs", "subvolume", "snapshot", "-r", self.subvol, self.base])
         out["source"] = source
         with self.phase("start"):
-            self.pg_ctl("start", "-w", "-t", str(self.cfg["timeout"]))
+            self.start_server()
         with self.phase("promote"):
             self.pg_ctl("promote", "-w", "-t", str(self.cfg["timeout"]))
         with self.phase("passwords"):
@@ -414,22 +454,26 @@ class Clone:
             info["note"] = "source is not a standby: no CHECKPOINT; the clone replays from its last one"
         return info
 
-    def own_wal(self, data: str) -> int | None:
+    def own_wal(self, data: str) -> dict:
         """A standby whose pg_wal links off the volume (db_replica_wal_directory, so that a snapshot's commit
         never holds up the WAL flushes synchronous commits wait for) leaves only the link in the snapshot.
-        The snapshot's data directory then gets a pg_wal of its own: every segment from its redo point on,
-        copied from the standby's WAL directory after the snapshot, so it holds all the WAL the snapshot's
-        pages depend on (the standby flushes WAL before it writes a page); replaying further is what a
-        standby does anyway. Returns the bytes copied (None: pg_wal was in the snapshot)."""
+        The snapshot's data directory then gets a pg_wal of its own: the segments from its redo point to the
+        one the standby had flushed WAL into after the snapshot, copied from the standby's WAL directory, so
+        it holds all the WAL the snapshot's pages depend on (the standby flushes WAL before it writes a
+        page); replaying further is what a standby does anyway. The segments after that one are recycled
+        files (old WAL under future names, up to max_wal_size) that the copy has no use for.
+        Returns the bytes copied and the end of the WAL copied (None: pg_wal was in the snapshot)."""
         wal = os.path.join(data, "pg_wal")
         if not os.path.islink(wal):
-            return None
+            return {"wal_copied_bytes": None}
         source_wal = os.readlink(wal)
         control = self.run([f"{self.bindir}/pg_controldata", data], as_owner=True).stdout
         match = re.search(r"^Latest checkpoint's REDO WAL file:\s*([0-9A-F]{24})$", control, re.M)
         if not match:
             raise Failed(f"pg_controldata {data} names no REDO WAL file")
         redo_segment = match.group(1)[8:]  # the segment number; the timeline is the first 8 digits
+        end_lsn = self.flushed_lsn()
+        end_segment = self.segment_name(end_lsn, control)
         os.unlink(wal)
         copied = 0
         for directory in (wal, os.path.join(wal, "archive_status")):
@@ -439,7 +483,8 @@ class Clone:
         wanted = [
             n
             for n in names
-            if n.endswith(".history") or (re.fullmatch(r"[0-9A-F]{24}", n) and n[8:] >= redo_segment)
+            if n.endswith(".history")
+            or (re.fullmatch(r"[0-9A-F]{24}", n) and redo_segment <= n[8:] <= end_segment)
         ]
         for name in wanted:
             target = os.path.join(wal, name)
@@ -450,7 +495,26 @@ class Clone:
             os.chown(target, self.owner.pw_uid, self.owner.pw_gid)
             os.chmod(target, 0o600)
             copied += os.path.getsize(target)
-        return copied
+        return {"wal_copied_bytes": copied, "wal_end_lsn": end_lsn}
+
+    def flushed_lsn(self) -> str:
+        """The end of the WAL the source has on disk now (a standby's received and flushed WAL, or what it
+        replayed from its own pg_wal; a primary's flushed WAL)."""
+        sql = """
+            SELECT CASE WHEN pg_is_in_recovery()
+                        THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())
+                        ELSE pg_current_wal_flush_lsn() END;
+        """
+        return self.psql(self.cfg["source_socket_dir"], sql).stdout.strip().splitlines()[-1]
+
+    @staticmethod
+    def segment_name(lsn: str, control: str) -> str:
+        """The segment part (the last 16 hex digits) of the name of the WAL file that holds lsn."""
+        match = re.search(r"^Bytes per WAL segment:\s*(\d+)$", control, re.M)
+        size = int(match.group(1)) if match else 16 << 20
+        segment = lsn_int(lsn) // size
+        per_id = 0x100000000 // size
+        return f"{segment // per_id:08X}{segment % per_id:08X}"
 
     def sync_passwords(self) -> list[str]:
         """The login roles' passwords as operations has them now. A clone keeps those of its snapshot, and
