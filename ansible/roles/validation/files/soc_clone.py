@@ -302,19 +302,20 @@ class Clone:
     # -- the clone
     def lower_priority(self) -> None:
         """Operations come first on a shared host: soc-clone and everything it starts (the clone's server
-        too, for as long as it runs) get a lower CPU priority and the lowest best-effort I/O priority."""
+        too, until the clone is ready) get a lower CPU priority and the lowest best-effort I/O priority."""
         if int(self.cfg["nice"]) > 0:
             os.nice(int(self.cfg["nice"]))
             self.run(["ionice", "-c", "2", "-n", "7", "-p", str(os.getpid())], check=False)
 
-    def start_server(self) -> None:
+    def start_server(self) -> int | None:
         """pg_ctl start -w with the options pg_ctlcluster gives it (pg_ctlcluster start would cost 2 s more:
         after pg_ctl it sleeps 0.5 s, then probes the socket until three connections in a row succeed,
         0.5 s apart), the server put at soc-clone's priority as soon as it has a pid, before the WAL replay
         that makes most of a start. pg_ctl starts it in a session of its own, and with the kernel's
         autogroup scheduling (kernel.sched_autogroup_enabled) a session's processes share the CPU as one
         group whatever their nice: the clone's replay would take as much CPU as the standby's walreceiver,
-        which operations' synchronous commits wait for. Its group gets soc-clone's nice."""
+        which operations' synchronous commits wait for. Its group gets soc-clone's nice until the clone is
+        ready (restore_priority). Returns the postmaster's pid."""
         conf = f"/etc/postgresql/{self.version}/{self.cfg['cluster']}"
         log = (
             self.cfg.get("log_file")
@@ -331,13 +332,14 @@ class Clone:
         pidfile, pid = os.path.join(self.data, "postmaster.pid"), None
         while proc.poll() is None:
             if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
-                self.lower_group_priority(pid)
+                self.set_group_nice(pid, int(self.cfg["nice"]))
             time.sleep(0.005 if pid is None else 0.05)
         out, err = proc.communicate()
         if proc.returncode != 0:
             raise Failed(f"pg_ctl start exit {proc.returncode}: {(err or out).strip()[-2000:]}")
         if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
-            self.lower_group_priority(pid)
+            self.set_group_nice(pid, int(self.cfg["nice"]))
+        return pid
 
     @staticmethod
     def postmaster_pid(pidfile: str) -> int | None:
@@ -347,14 +349,37 @@ class Clone:
         except (OSError, ValueError):  # not written yet, or half written
             return None
 
-    def lower_group_priority(self, pid: int) -> None:
-        nice = int(self.cfg["nice"])
-        if nice > 0:
+    def set_group_nice(self, pid: int, nice: int) -> None:
+        """The nice of the autogroup of process pid (nothing to do where the kernel has no autogroups: there
+        the processes' own nice counts)."""
+        if int(self.cfg["nice"]) > 0:
             try:
                 with open(f"/proc/{pid}/autogroup", "w") as fh:
                     fh.write(f"{nice}\n")
-            except OSError:  # no autogroups in this kernel: the server inherited soc-clone's nice
+            except OSError:
                 pass
+
+    def restore_priority(self, postmaster: int | None) -> None:
+        """The take is done: the clone serves the validation environment at the priority of any server (its
+        group's nice, its processes' nice and I/O priority back to the defaults; new backends inherit the
+        postmaster's)."""
+        if postmaster is None or int(self.cfg["nice"]) <= 0:
+            return
+        self.set_group_nice(postmaster, 0)
+        children = [postmaster]
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        children.append(int(entry))
+            except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+                continue
+        for pid in children:
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, 0)
+            except OSError:
+                pass
+        self.run(["ionice", "-c", "0", "-p", *map(str, children)], check=False)
 
     def take(self, reset: bool = False) -> dict:
         t_start = time.monotonic()
@@ -401,12 +426,13 @@ class Clone:
                 self.run(["btrfs", "subvolume", "snapshot", "-r", self.subvol, self.base])
         out["source"] = source
         with self.phase("start"):
-            self.start_server()
+            postmaster = self.start_server()
         with self.phase("promote"):
             self.pg_ctl("promote", "-w", "-t", str(self.cfg["timeout"]))
         with self.phase("passwords"):
             out["passwords_synced"] = self.sync_passwords()
         verify = self.verify(source)
+        self.restore_priority(postmaster)
         out["ready_s"] = round(time.monotonic() - t_start, 3)  # usable and verified
         out["verify"] = verify
         out["ok"] = verify["ok"]
