@@ -221,7 +221,7 @@ def ingest(
     return sorted(ends), windows, phases
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return round(statistics.quantiles(values, n=100)[q - 1], 2) if len(values) > 1 else float("nan")
 
 

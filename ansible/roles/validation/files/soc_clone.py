@@ -330,15 +330,16 @@ class Clone:
              "-w", "-t", str(self.cfg["timeout"])]
         )  # fmt: skip
         pidfile, pid = os.path.join(self.data, "postmaster.pid"), None
-        while proc.poll() is None:
+        while True:
+            started = proc.poll() is not None  # once more after pg_ctl ends, if the pid came late
             if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
                 self.set_group_nice(pid, int(self.cfg["nice"]))
+            if started:
+                break
             time.sleep(0.005 if pid is None else 0.05)
         out, err = proc.communicate()
         if proc.returncode != 0:
             raise Failed(f"pg_ctl start exit {proc.returncode}: {(err or out).strip()[-2000:]}")
-        if pid is None and (pid := self.postmaster_pid(pidfile)) is not None:
-            self.set_group_nice(pid, int(self.cfg["nice"]))
         return pid
 
     @staticmethod
@@ -352,12 +353,11 @@ class Clone:
     def set_group_nice(self, pid: int, nice: int) -> None:
         """The nice of the autogroup of process pid (nothing to do where the kernel has no autogroups: there
         the processes' own nice counts)."""
-        if int(self.cfg["nice"]) > 0:
-            try:
-                with open(f"/proc/{pid}/autogroup", "w") as fh:
-                    fh.write(f"{nice}\n")
-            except OSError:
-                pass
+        try:
+            with open(f"/proc/{pid}/autogroup", "w") as fh:
+                fh.write(f"{nice}\n")
+        except OSError:
+            pass
 
     def restore_priority(self, postmaster: int | None) -> None:
         """The take is done: the clone serves the validation environment at the priority of any server (its
