@@ -28,7 +28,9 @@ starts) on the other half; the disk stays shared. Shared, the clone's start, WAL
 take CPU from operations' own primary, which in production runs on a host of its own (the clone runs
 beside the standby, on the host of its volume).
 
-Prints figures; asserts nothing about time. Usage: sudo .venv/bin/python bench/bench_clone.py [--sizes 1 10]
+Prints figures and plots the ingest runs over time, the takes shaded (--plot, default
+var/bench/clone_ingest.png); asserts nothing about time.
+Usage: sudo .venv/bin/python bench/bench_clone.py [--sizes 1 10]
 """
 
 from __future__ import annotations
@@ -264,7 +266,63 @@ def ingest_with_and_without_clones(
         "take_phases_s": {k: round(statistics.mean(p.get(k, 0.0) for p in phases), 3) for k in phases[0]}
         if phases
         else {},
+        # for the plot (main drops it before printing): each run's transactions (end, latency ms) and the
+        # takes' windows
+        "series": {"without": quiet, "with": with_clones, "windows": windows},
     }
+
+
+def plot_ingest(ingests: list[dict], every: int, path: str) -> None:
+    """One row per ingest run pair: rows committed per second and the commit latency per second (median
+    and slowest), without clones and with one every `every` s, the takes shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        2 * len(ingests), 1, figsize=(10, 4.2 * len(ingests)), sharex=True, squeeze=False
+    )
+    for i, row in enumerate(ingests):
+        series = row["series"]
+        rate_ax, lat_ax = axes[2 * i][0], axes[2 * i + 1][0]
+        for name, color in (("without", "tab:gray"), ("with", "tab:blue")):
+            runs = series[name]
+            t0 = runs[0][0]
+            per_s: dict[int, list[float]] = {}
+            for end, latency in runs:
+                per_s.setdefault(int(end - t0), []).append(latency)
+            secs = sorted(per_s)[:-1]  # the last second is cut short
+            label = "no clones" if name == "without" else f"a clone every {every} s"
+            rate_ax.plot(secs, [len(per_s[s]) * 100 for s in secs], color=color, label=label)
+            lat_ax.plot(
+                secs, [statistics.median(per_s[s]) for s in secs], color=color, label=f"median, {label}"
+            )
+            lat_ax.plot(
+                secs, [max(per_s[s]) for s in secs], color=color, linestyle=":", label=f"slowest, {label}"
+            )
+            if name == "with":
+                for a, b in series["windows"]:
+                    for ax in (rate_ax, lat_ax):
+                        ax.axvspan(a - t0, b - t0, color="tab:orange", alpha=0.15, lw=0)
+                        ax.axvline(a - t0, color="tab:orange", lw=0.8)  # takes may follow each other
+        rate_ax.set_title(
+            f"{row['load']}: {row['run_ratio']:.2f}x over the run, {row['take_ratio']:.2f}x during takes "
+            f"(shaded)",
+            fontsize=10,
+        )
+        rate_ax.set_ylabel("rows committed / s")
+        rate_ax.set_ylim(bottom=0)
+        rate_ax.legend(loc="lower left", fontsize=8)
+        lat_ax.set_yscale("log")
+        lat_ax.set_ylabel("commit latency, ms")
+        lat_ax.legend(loc="upper left", fontsize=7, ncol=2)
+    axes[-1][0].set_xlabel("seconds into the run")
+    fig.suptitle("Operations ingest while clones are taken (bench/bench_clone.py)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def main() -> None:
@@ -280,6 +338,8 @@ def main() -> None:
                     help="the ingest: 1 as fast as it goes (always run), below 1 offered at that fraction"
                          " of the rate it reached without clones")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the bench data (no clean-up)")
+    ap.add_argument("--plot", default="var/bench/clone_ingest.png",
+                    help="the ingest runs over time, with the takes shaded ('' for none)")  # fmt: skip
     ap.add_argument("--layouts", nargs="+", choices=["shared", "split"], default=["shared", "split"],
                     help="the ingest's CPU layouts: shared, or split (the primary and pgbench on half the"
                          " CPUs, the standby and the clone on the other half)")  # fmt: skip
@@ -324,6 +384,7 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row), flush=True)
         ingests: list[dict] = []
+        series: list[dict] = []  # the same with each run's transactions, for the plot
         for name in args.layouts:
             if name == "split":
                 LAYOUT.update(split_cores())
@@ -340,7 +401,8 @@ def main() -> None:
                     args.config, args.ingest_s, args.ingest_every, args.clients, load, capacity
                 )
                 capacity = capacity or row["tps_no_clones"]
-                ingests.append({"layout": layout, **row})
+                series.append({"layout": layout, **row})
+                ingests.append({k: v for k, v in series[-1].items() if k != "series"})
                 print(json.dumps(ingests[-1]), flush=True)
             unpin()
     finally:
@@ -357,6 +419,8 @@ def main() -> None:
             f"{r['database_gib']:8.2f} | {r['clone_ready_s']:22.3f} | {r['pg_basebackup_s']:15.2f} | "
             f"{r['basebackup_over_clone']:.1f}x"
         )
+    if args.plot and series:
+        plot_ingest(series, args.ingest_every, args.plot)
     for ingest in ingests:
         print(
             f"ingest, {ingest['layout']}; {ingest['load']}\n"
